@@ -1,0 +1,1 @@
+"""Central services: the gRPC aggregator on Redis, fleet rollout, the HTTP API."""

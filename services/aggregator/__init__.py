@@ -1,0 +1,1 @@
+"""gRPC ingest into Redis; owns the Redis schema and its Lua scripts."""

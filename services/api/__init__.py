@@ -1,0 +1,1 @@
+"""HTTP query API, fleet rollout control and the dashboard page."""

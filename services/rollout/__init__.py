@@ -1,0 +1,1 @@
+"""Rollout policy: which station runs which model version."""

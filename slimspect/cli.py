@@ -1,0 +1,77 @@
+"""The ``slimspect`` command.
+
+Sub-commands live with the deployable that owns them and are imported only when invoked,
+so ``slimspect keys generate`` never pays for importing torch, and a station that carries
+only the ``edge`` extra still gets a working ``slimspect`` command for its own parts.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from slimspect import __version__
+
+# name -> "module:attribute" of a click command or group. One line per mounted command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("slimspect.store_cli:keys", "Generate the Ed25519 key pair that signs published models."),
+    "models": ("slimspect.store_cli:models", "List, show and verify models in the store."),
+    "data": ("trainer.data.cli:data", "Synthesize, convert, check and describe defect data sets."),
+    "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._lazy:
+            return self._load(name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing help must not import every deployable: use the one-line summaries.
+        rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def _load(self, name: str) -> click.Command:
+        target, _ = self._lazy[name]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            extra = {"trainer": "train", "edge_agent": "edge", "services": "services"}.get(
+                module_name.split(".")[0], "all"
+            )
+            raise click.ClickException(
+                f"'slimspect {name}' needs a package that is not installed ({exc.name}); "
+                f"install it with: pip install 'slimspect[{extra}]'"
+            ) from exc
+        command = getattr(module, attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slimspect")
+def cli() -> None:
+    """slimspect: train, compress, publish and run visual defect detectors."""
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
