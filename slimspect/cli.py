@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("slimspect.store_cli:keys", "Generate the Ed25519 key pair that signs published models."),
     "models": ("slimspect.store_cli:models", "List, show and verify models in the store."),
     "data": ("trainer.data.cli:data", "Synthesize, convert, check and describe defect data sets."),
+    "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }
 
