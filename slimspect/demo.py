@@ -25,7 +25,7 @@ def _steps(workdir: Path, images: int, size: int, seed: int) -> list[tuple[str, 
         (
             "synthesize a defect data set",
             ["data", "synth", "--out", str(data), "--images", str(images),
-             "--size", str(size), "--seed", str(seed), "--format", "yolo"],
+             "--size", str(size), "--seed", str(seed), "--format", "yolo", "--overwrite"],
         ),
         ("check it", ["data", "check", str(data)]),
         ("print its statistics", ["data", "stats", str(data), "--plot", str(workdir / "stats.png")]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def data() -> None:
     help="Share of images held out as the val split.",
 )
 @click.option(
+    "--overwrite", is_flag=True, help="Delete what is in --out first (otherwise it must be empty)."
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -72,7 +76,14 @@ def data() -> None:
     help="Processes to draw with (the files do not depend on it).",
 )
 def synth(
-    out: Path, images: int, size: int, seed: int, fmt: str, val_fraction: float, workers: int
+    out: Path,
+    images: int,
+    size: int,
+    seed: int,
+    fmt: str,
+    val_fraction: float,
+    overwrite: bool,
+    workers: int,
 ) -> None:
     """Write a synthetic NEU-DET-like data set: grey steel with six kinds of boxed defects."""
     from rich.progress import (
@@ -86,6 +97,12 @@ def synth(
     from trainer.data.synth import synthesize
 
     fmt = _choice(fmt, WRITABLE, "format")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise click.ClickException(
+                f"{out} exists and is not an empty folder; choose a new one or pass --overwrite"
+            )
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     start = time.perf_counter()
     try:
