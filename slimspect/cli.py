@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("slimspect.store_cli:keys", "Generate the Ed25519 key pair that signs published models."),
     "models": ("slimspect.store_cli:models", "List, show and verify models in the store."),
     "data": ("trainer.data.cli:data", "Synthesize, convert, check and describe defect data sets."),
+    "train": ("trainer.cli:train", "Train a YOLOv4-family detector into a run folder (resume with --resume)."),
+    "val": ("trainer.cli:val", "Evaluate a checkpoint: P, R, mAP50, mAP50-95, PR curve, confusion matrix."),
+    "predict": ("trainer.cli:predict", "Detect defects in images, folders or videos with a .pt or .onnx model."),
+    "anchors": ("trainer.cli:anchors", "K-means++ anchors of a data set beside YOLOv4's defaults (mean IoU, BPR)."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }

@@ -10,7 +10,8 @@ import click
 import cv2
 import numpy as np
 
-from trainer.data.augment import AugmentConfig, Augmenter, Sample, SampleProvider
+from trainer.data.augment import AugmentConfig, Augmenter, SampleProvider
+from trainer.data.loader import open_provider
 
 # BGR, one per class id (mod the length): distinct on grey steel.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -28,51 +29,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (199, 55, 255),
 )
 GAP = 2  # pixels between tiles
-
-
-class _DatasetSamples:
-    """A :class:`~trainer.data.augment.SampleProvider` over one split of a data set read by
-    ``trainer.data.formats.read_dataset``; images decode gray when the first one is gray."""
-
-    # TODO(lead): the training loader needs the same adapter; it belongs in dataset.py.
-
-    def __init__(self, ds, split: str | None):
-        from trainer.data.dataset import image_info
-
-        self.root = Path(ds.root)
-        if split is not None and split in ds.splits:
-            self.samples = list(ds.splits[split])
-        else:
-            self.samples = [sample for _, sample in ds.samples()]
-        if not self.samples:
-            raise ValueError(f"{self.root}: no images in split {split!r}")
-        self.gray = image_info(self.root / self.samples[0].image)[2] == 1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int) -> Sample:
-        from trainer.data.dataset import load_image
-
-        sample = self.samples[index]
-        image = load_image(self.root / sample.image, gray=self.gray)
-        if image is None:
-            raise OSError(f"cannot read image {self.root / sample.image}")
-        return image, sample.boxes, sample.classes
-
-
-def open_provider(path: Path, split: str | None = "train") -> tuple[SampleProvider, list[str]]:
-    """The samples of ``split`` (all samples if the data set has no such split) of the data
-    set at ``path``, and its class names."""
-    try:
-        from trainer.data.formats import read_dataset
-    except ImportError as exc:  # the readers are a separate module of this package
-        raise RuntimeError(
-            f"reading data sets needs trainer.data.formats.read_dataset ({exc}); "
-            "pass a sample provider instead"
-        ) from exc
-    ds = read_dataset(Path(path))
-    return _DatasetSamples(ds, split), list(ds.names)
 
 
 def draw_sample(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, names=()) -> np.ndarray:
