@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from _machine import describe, loadavg
 from rich.console import Console
 from rich.table import Table
 
@@ -65,25 +66,8 @@ CALIB_SEED, EVAL_SEED = 100, 200  # synthetic image sets: calibration, compariso
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
+    return describe(f"{platform.system()} {platform.release()}", f"torch {torch.__version__}")
 
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def synthetic(seed: int, count: int) -> list[np.ndarray]:

@@ -19,7 +19,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _machine import describe
 
 from trainer.data.synth import synthesize
 
@@ -34,18 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "synth.json"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs, 1 used; Python {platform.python_version()}, "
-        f"numpy {np.__version__}, OpenCV {cv2.__version__}"
-    )
+    return describe("1 used", f"numpy {np.__version__}", f"OpenCV {cv2.__version__}")
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -30,22 +29,13 @@ from trainer.data.synth import synthesize
 from trainer.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
+from _machine import describe
+
 RESULTS = ROOT / "benchmarks" / "results" / "train-cpu.json"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
+    return describe(f"torch threads {torch.get_num_threads()}", f"torch {torch.__version__}")
 
 
 def dataset(root: Path, images: int, size: int, seed: int, val_fraction: float) -> Path:

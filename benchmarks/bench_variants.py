@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from _machine import describe, loadavg
 from rich.console import Console
 from rich.table import Table
 
@@ -41,25 +41,8 @@ FULL = "yolov4"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
+    return describe(f"{platform.system()} {platform.release()}", f"torch {torch.__version__}")
 
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def time_threads(path: Path, spec, threads: list[int], warmup: int, repeats: int, tag: str):
