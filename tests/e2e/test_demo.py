@@ -12,7 +12,7 @@ def run_demo(workdir):
     return subprocess.run(
         [sys.executable, "-m", "slimspect.cli", "demo", "--workdir", str(workdir),
          "--images", "20", "--size", "64", "--seed", "3"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
 
 
@@ -33,9 +33,9 @@ def test_synth_refuses_a_used_folder_unless_told(tmp_path):
     (out / "keep.txt").write_text("mine")
     cmd = [sys.executable, "-m", "slimspect.cli", "data", "synth", "--out", str(out),
            "--images", "4", "--size", "64"]
-    refused = subprocess.run(cmd, capture_output=True, text=True)
+    refused = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert refused.returncode == 1
     assert "--overwrite" in refused.stderr and (out / "keep.txt").exists()
-    done = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True)
+    done = subprocess.run([*cmd, "--overwrite"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert not (out / "keep.txt").exists()
