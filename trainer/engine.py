@@ -499,6 +499,21 @@ def train(
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
+def detection_loss(config: TrainConfig, spec) -> YoloLoss:
+    """The detection loss of a run: YoloLoss on the spec's anchors with the config's gains
+    scaled to classes, image size and scales (the one place it is built)."""
+    nc = spec.num_classes
+    return YoloLoss(
+        spec.flat_anchors,
+        spec.strides,
+        nc,
+        **config.loss.scaled(nc, config.imgsz, len(spec.strides)),
+        balance=config.loss.balance,
+        anchor_t=config.loss.anchor_t,
+        label_smoothing=config.loss.label_smoothing,
+    )
+
+
 def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) -> TrainResult:
     from rich.console import Console
 
@@ -593,7 +608,6 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
             except Exception as exc:  # noqa: BLE001 - a plot must not stop training
                 console.print(f"[yellow]labels.png not drawn: {exc}[/]")
     spec = model.spec
-    nc = spec.num_classes
 
     # ---- datasets and batches ----------------------------------------------------------
     channels = spec.in_channels
@@ -609,15 +623,7 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
     nb = math.ceil(len(train_ds) / config.batch)  # batches per epoch
 
     # ---- loss, optimizer, EMA ----------------------------------------------------------
-    det_loss = YoloLoss(
-        spec.flat_anchors,
-        spec.strides,
-        nc,
-        **config.loss.scaled(nc, config.imgsz, len(spec.strides)),
-        balance=config.loss.balance,
-        anchor_t=config.loss.anchor_t,
-        label_smoothing=config.loss.label_smoothing,
-    ).to(device)
+    det_loss = detection_loss(config, spec).to(device)
     loss_fn = loss_fn or DetectionLoss(det_loss)
     part_names = tuple(getattr(loss_fn, "part_names", PART_NAMES))
     needs_features = bool(getattr(loss_fn, "needs_features", False))

@@ -70,3 +70,17 @@ __all__ = [
     "prune_by_percent",
     "trace_dependencies",
 ]
+
+# sparse training and distillation (appended)
+from .distill import DistillCallback, DistillLoss, distill_train, imitation_mask
+from .sparsity import SparsityCallback, SparsitySchedule, sparse_train
+
+__all__ += [
+    "DistillCallback",
+    "DistillLoss",
+    "SparsityCallback",
+    "SparsitySchedule",
+    "distill_train",
+    "imitation_mask",
+    "sparse_train",
+]
