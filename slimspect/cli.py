@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "val": ("trainer.cli:val", "Evaluate a checkpoint: P, R, mAP50, mAP50-95, PR curve, confusion matrix."),
     "predict": ("trainer.cli:predict", "Detect defects in images, folders or videos with a .pt or .onnx model."),
     "anchors": ("trainer.cli:anchors", "K-means++ anchors of a data set beside YOLOv4's defaults (mean IoU, BPR)."),
+    "sparse": ("trainer.compress.cli:sparse", "Sparse training: L1 on BatchNorm scales before pruning."),
+    "distill": ("trainer.compress.cli:distill", "Fine-tune a pruned student with distillation from its teacher."),
     "prune": ("trainer.compress.cli:prune", "Prune channels and residual blocks of a (sparse-trained) model."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),

@@ -74,120 +74,100 @@ def _run_dir(project: str, name: str, exist_ok: bool) -> Path:
 # train
 
 
-@click.command("train", context_settings=_CTX)
-@click.option(
-    "--cfg",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML with any training settings (see args.yaml of a run); options override it.",
-)
-@click.option("--data", default=None, help="Dataset YAML or folder (YOLO, COCO, VOC, NEU-DET).")
-@click.option(
-    "--model",
-    default=None,
-    help="Variant (yolov4, yolov4-m, yolov4-s, yolov4-n), spec .yaml/.json, or a .pt "
-    "checkpoint to start from. [default: yolov4-s]",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 100]")
-@click.option(
-    "--imgsz",
-    type=click.IntRange(min=32),
-    default=None,
-    help="Input side in pixels, a multiple of 32. [default: 256]",
-)
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="[default: 16]")
-@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. [default: auto]")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="DataLoader worker processes. [default: 0 on CPU, min(8, CPUs) on CUDA]",
-)
-@click.option(
-    "--optimizer", type=click.Choice(["SGD", "AdamW"]), default=None, help="[default: SGD]"
-)
-@click.option(
-    "--lr0",
-    type=float,
-    default=None,
-    help="Initial learning rate. [default: 0.01 SGD, 0.001 AdamW]",
-)
-@click.option(
-    "--anchors",
-    type=click.Choice(["auto", "default", "spec"]),
-    default=None,
-    help="auto: K-means++ on the labels (a variant) or the spec's; default: YOLOv4's "
-    "scaled to imgsz; spec: as the spec says. [default: auto]",
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Stop after this many epochs without a better fitness.",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="[default: 0]")
-@click.option("--project", default=None, help="Parent folder of runs. [default: runs]")
-@click.option("--name", default=None, help="Run name; train2, train3... if taken. [default: train]")
-@click.option("--exist-ok", is_flag=True, default=None, help="Reuse project/name if it exists.")
-@click.option(
-    "--resume",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Continue a stopped run exactly: its last.pt or its run folder.",
-)
-@click.option(
-    "--set",
-    "-o",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other setting, dotted for sections: -o augment.mosaic.p=0 -o ema=false.",
-)
-def train(
-    cfg,
-    data,
-    model,
-    epochs,
-    imgsz,
-    batch,
-    device,
-    workers,
-    optimizer,
-    lr0,
-    anchors,
-    patience,
-    seed,
-    project,
-    name,
-    exist_ok,
-    resume,
-    sets,
-) -> None:
-    """Train a YOLOv4-family detector; writes a run folder (args.yaml, results.csv, weights)."""
-    from trainer.config import TrainConfig, parse_overrides
-    from trainer.engine import train as run
+_TRAIN_OPTIONS = [
+    click.option(
+        "--cfg",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML with any training settings (see args.yaml of a run); options override it.",
+    ),
+    click.option("--data", default=None, help="Dataset YAML or folder (YOLO, COCO, VOC, NEU-DET)."),
+    click.option(
+        "--model",
+        default=None,
+        help="Variant (yolov4, yolov4-m, yolov4-s, yolov4-n), spec .yaml/.json, or a .pt "
+        "checkpoint to start from. [default: yolov4-s]",
+    ),
+    click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: 100]"),
+    click.option(
+        "--imgsz",
+        type=click.IntRange(min=32),
+        default=None,
+        help="Input side in pixels, a multiple of 32. [default: 256]",
+    ),
+    click.option("--batch", type=click.IntRange(min=1), default=None, help="[default: 16]"),
+    click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="DataLoader worker processes. [default: 0 on CPU, min(8, CPUs) on CUDA]",
+    ),
+    click.option(
+        "--optimizer", type=click.Choice(["SGD", "AdamW"]), default=None, help="[default: SGD]"
+    ),
+    click.option(
+        "--lr0",
+        type=float,
+        default=None,
+        help="Initial learning rate. [default: 0.01 SGD, 0.001 AdamW]",
+    ),
+    click.option(
+        "--anchors",
+        type=click.Choice(["auto", "default", "spec"]),
+        default=None,
+        help="auto: K-means++ on the labels (a variant) or the spec's; default: YOLOv4's "
+        "scaled to imgsz; spec: as the spec says. [default: auto]",
+    ),
+    click.option(
+        "--patience",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Stop after this many epochs without a better fitness.",
+    ),
+    click.option("--seed", type=click.IntRange(min=0), default=None, help="[default: 0]"),
+    click.option("--project", default=None, help="Parent folder of runs. [default: runs]"),
+    click.option(
+        "--name", default=None, help="Run name; train2, train3... if taken. [default: train]"
+    ),
+    click.option("--exist-ok", is_flag=True, default=None, help="Reuse project/name if it exists."),
+    click.option(
+        "--resume",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Continue a stopped run exactly: its last.pt or its run folder.",
+    ),
+    click.option(
+        "--set",
+        "-o",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any other setting, dotted for sections: -o augment.mosaic.p=0 -o ema=false.",
+    ),
+]
 
-    options = {
-        "data": data,
-        "model": model,
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "device": device,
-        "workers": workers,
-        "optimizer": optimizer,
-        "lr0": lr0,
-        "anchors": anchors,
-        "patience": patience,
-        "seed": seed,
-        "project": project,
-        "name": name,
-        "exist_ok": exist_ok,
-    }
+
+def train_options(command):
+    """The options of ``train``, shared by every command that runs the training loop."""
+    for option in reversed(_TRAIN_OPTIONS):
+        command = option(command)
+    return command
+
+
+_MACHINE_KEYS = ("device", "workers")
+
+
+def run_training(run, cfg, sets, resume, **options) -> None:
+    """Build the TrainConfig from ``--cfg``, ``-o`` and the options, then ``run(config)``;
+    with ``--resume``, ``run(machine_settings_or_None, resume=resume)``. ``run`` is
+    :func:`trainer.engine.train` or a wrapper with its signature (sparse, distill)."""
+    from trainer.config import TrainConfig, parse_overrides
+
     given = {k: v for k, v in options.items() if v is not None}
     try:
         if resume is not None:
-            machine = {k: given.pop(k) for k in ("device", "workers") if k in given}
+            machine = {k: given.pop(k) for k in _MACHINE_KEYS if k in given}
             extra = [f"--{k.replace('_', '-')}" for k in given]
             extra += ["--set"] * bool(sets) + ["--cfg"] * bool(cfg)
             if extra:
@@ -198,10 +178,18 @@ def train(
             run(machine or None, resume=resume)
             return
         overrides: dict[str, Any] = {**parse_overrides(list(sets)), **given}
-        config = TrainConfig.load(cfg, overrides)
-        run(config)
+        run(TrainConfig.load(cfg, overrides))
     except _user_errors() as exc:
         raise _fail(exc) from None
+
+
+@click.command("train", context_settings=_CTX)
+@train_options
+def train(cfg, sets, resume, **options) -> None:
+    """Train a YOLOv4-family detector; writes a run folder (args.yaml, results.csv, weights)."""
+    from trainer.engine import train as run
+
+    run_training(run, cfg, sets, resume, **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""``slimspect prune``: channel and layer pruning of a trained (ideally sparse-trained) model.
+"""The compression commands: ``slimspect sparse``, ``prune`` and ``distill``.
 
-Writes a run folder like the other engines: ``weights/pruned.pt`` (a checkpoint with the
+``sparse`` and ``distill`` run the one training loop (they take every option of
+``slimspect train``) with the sparsity callback or the distillation loss. ``prune`` writes
+a run folder like the other engines: ``weights/pruned.pt`` (a checkpoint with the
 new spec, loadable alone), ``prune.json`` (what was removed, parameters before and after,
 mAP before and after when a data set is given), ``gamma.png`` (the |gamma| histogram with
 the threshold) and ``channels.png`` (channels kept per conv).
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from trainer.cli import _CTX, _load_checkpoint, _read_data, _run_dir
+from trainer.cli import _CTX, _load_checkpoint, _read_data, _run_dir, run_training, train_options
 
 
 def _map50(model, ds, split: str, imgsz: int | None) -> float:
@@ -172,3 +174,110 @@ def prune(
     if map_before is not None:
         click.echo(f"mAP50 {map_before:.4f} -> {map_after:.4f} before fine-tuning")
     click.echo(f"wrote {out}")
+
+
+@click.command("sparse", context_settings=_CTX)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint to start from, usually the baseline's best.pt.",
+)
+@click.option(
+    "--s",
+    "s",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="L1 factor on the prunable BatchNorm scales (per image of the loss).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "global_decay", "local_decay"]),
+    default="constant",
+    show_default=True,
+    help="global_decay: s falls late in training; local_decay: the strongest "
+    "channels are penalised less late in training.",
+)
+@click.option(
+    "--proximal",
+    is_flag=True,
+    help="Soft-threshold gamma by lr*s after each step instead of (only) the "
+    "subgradient: moves gammas to exactly zero.",
+)
+@train_options
+def sparse(weights, s, schedule, proximal, cfg, sets, resume, **options) -> None:
+    """Sparse training: L1 on BatchNorm scales so unimportant channels go to zero."""
+    from functools import partial
+
+    from trainer.compress.sparsity import sparse_train
+
+    run = partial(sparse_train, s=s, schedule=schedule, weights=weights, proximal=proximal)
+    run_training(run, cfg, sets, resume, **options)
+
+
+@click.command("distill", context_settings=_CTX)
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The unpruned (sparse-trained) model's checkpoint.",
+)
+@click.option(
+    "--student",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The pruned model's checkpoint (not needed with --resume).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Softening of objectness and class targets.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Weight of each distillation term (objectness, class, box).",
+)
+@click.option(
+    "--feat-weight",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Weight of neck feature imitation near objects (0: off).",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Box term margin: the student is pulled only where it is worse than the "
+    "teacher by more than this.",
+)
+@train_options
+def distill(
+    teacher, student, temperature, alpha, feat_weight, margin, cfg, sets, resume, **options
+) -> None:
+    """Fine-tune a pruned student with knowledge distillation from its teacher."""
+    from functools import partial
+
+    from trainer.compress.distill import distill_train
+
+    if student is None and resume is None:
+        raise click.ClickException("--student is needed (or --resume to continue a run)")
+    run = partial(
+        distill_train,
+        teacher_ckpt=teacher,
+        student_ckpt=student,
+        temperature=temperature,
+        alpha_obj=alpha,
+        alpha_cls=alpha,
+        alpha_box=alpha,
+        feat_weight=feat_weight,
+        margin=margin,
+    )
+    run_training(run, cfg, sets, resume, **options)
