@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sparse": ("trainer.compress.cli:sparse", "Sparse training: L1 on BatchNorm scales before pruning."),
     "distill": ("trainer.compress.cli:distill", "Fine-tune a pruned student with distillation from its teacher."),
     "prune": ("trainer.compress.cli:prune", "Prune channels and residual blocks of a (sparse-trained) model."),
+    "compress": ("trainer.compress.cli:compress", "Sparse-train, prune, distill, export (fp32 + INT8) and measure every stage."),
+    "bench": ("trainer.compress.cli:bench", "Size, GFLOPs, CPU latency and mAP of checkpoints and ONNX files, as a table."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }

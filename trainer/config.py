@@ -221,7 +221,7 @@ class TrainConfig(BaseModel):
                 raise ConfigError(f"{path}: expected a mapping of config keys")
             data = loaded or {}
         for key, value in (overrides or {}).items():
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
         return cls.from_dict(data)
 
     @classmethod
@@ -266,7 +266,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:

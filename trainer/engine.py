@@ -331,7 +331,7 @@ def _read_data(path: str) -> DetectionDataset:
     return ds
 
 
-def _val_split(ds: DetectionDataset) -> str:
+def pick_val_split(ds: DetectionDataset) -> str:
     for split in ("val", "test"):
         if ds.splits.get(split):
             return split
@@ -563,7 +563,7 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
     # ---- data --------------------------------------------------------------------------
     ds = _read_data(config.data)
     names = list(ds.names)
-    val_split = _val_split(ds)
+    val_split = pick_val_split(ds)
     if val_split == "train":
         console.print("[yellow]no val or test split: validating on the training images[/]")
 

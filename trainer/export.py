@@ -576,7 +576,7 @@ def _parity_images(source: str | None, spec, count: int, seed: int = 0) -> list[
     return images
 
 
-def _json_safe(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def json_safe(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The checkpoint metadata entries that survive JSON (tensors and the like are skipped)."""
     kept, skipped = {}, []
     for key, value in metadata.items():
@@ -664,7 +664,7 @@ def export_command(
             f"{model_path} is not a slimspect checkpoint: {type(e).__name__}: {e}"
         ) from e
     out = out or model_path.with_suffix(".onnx")
-    meta, skipped = _json_safe(ckpt_meta if isinstance(ckpt_meta, Mapping) else {})
+    meta, skipped = json_safe(ckpt_meta if isinstance(ckpt_meta, Mapping) else {})
     meta["source_checkpoint"] = model_path.name
     thresholds = meta.get("thresholds") if isinstance(meta.get("thresholds"), Mapping) else {}
     score = score_threshold if score_threshold is not None else thresholds.get("score", 0.25)
