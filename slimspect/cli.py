@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("trainer.compress.cli:compress", "Sparse-train, prune, distill, export (fp32 + INT8) and measure every stage."),
     "bench": ("trainer.compress.cli:bench", "Size, GFLOPs, CPU latency and mAP of checkpoints and ONNX files, as a table."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
+    "aggregator": ("services.aggregator.cli:aggregator", "Run the gRPC ingest server (Redis) and manage station tokens."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }
 

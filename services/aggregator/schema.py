@@ -1,0 +1,224 @@
+"""The Redis schema of slimspect: the one home of every key the aggregator writes.
+
+Readers (the HTTP API, tests) build keys with the functions here and decode events with
+:func:`decode_event`; nothing else spells a key. All keys of one station carry the hash
+tag ``{st:<station>}``, so every key one event touches lives in one Redis Cluster slot and
+the ingest script (``ingest.lua``) writes them atomically on a cluster as on one node.
+Station names are restricted to ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` (:data:`STATION_RE`),
+so no station can smuggle a ``{`` or ``}`` into the tag.
+
+Keys (``S`` station, ``E`` event_id, ``C`` class name, ``i`` detection index)::
+
+    ev:{st:S}:E             HASH    the event; ALSO ITS DEDUPE KEY (see below). Fields:
+                                    event_id station camera captured_at_ms received_at_ms
+                                    model_name model_version image_width image_height
+                                    inference_ms frame_count n_detections, and detections:
+                                    a JSON list of {"box": [x1, y1, x2, y2], "score",
+                                    "class_id", "class_name", "crop": bool}
+    crop:{st:S}:E:i         STRING  the JPEG crop of detection i (bytes), only where sent
+    idx:{st:S}              ZSET    time index: member E, score captured_at_ms
+    idx:{st:S}:cls:C        ZSET    per-class time index: events with >= 1 detection of C
+    cls:{st:S}              SET     class names seen at the station (to find the class indexes)
+    cnt:{st:S}:YYYYMMDDHH   HASH    hourly counters (UTC hour of captured_at_ms):
+                                    frames         += frame_count (clean summaries count
+                                                      every frame, so the rate is exact)
+                                    defect_frames  += 1 for an event with detections
+                                    defects        += number of detections
+                                    defects:C      += detections of class C
+    stations                SET     every station that ever reported. Global, NOT tagged:
+                                    written by a plain SADD in the same pipeline as the
+                                    batch's scripts (idempotent), never inside the script.
+    auth:tokens             HASH    sha256(token) hex -> JSON {"station", "created_at_ms"}
+                                    (owned by auth.py; global, not tagged)
+
+Dedupe: the event key is the dedupe key. The script stores an event only when
+``ev:{st:S}:E`` does not exist, in the same atomic step as every other write, so a resent
+event is acknowledged as a duplicate and counted once. event_id is unique per station
+(two stations may reuse an id).
+
+Retention (``retention_days``, by capture time):
+- the validator rejects (MALFORMED) an event captured before ``now - retention``: it would
+  be trimmed at once, and its dedupe key could already have expired;
+- the script trims the index entries it touches below ``now - retention``
+  (ZREMRANGEBYSCORE) on every write, and a sweep task does the same for every station and
+  class every ``sweep_interval_s`` (for classes that stopped occurring);
+- the event, its crops, and an index (its newest member) expire at
+  ``captured_at + retention + EXPIRY_SLACK_MS``; an hourly counter at the end of its hour
+  plus the same. The slack (1 day, longer than any sweep interval) means an index entry is
+  trimmed before its event expires: every index member has its event. Indexes only ever get
+  a later expiry (PEXPIREAT NX then GT).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from slimspect.v1 import inspection_pb2
+
+STATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+EXPIRY_SLACK_MS = 86_400_000
+HOUR_MS = 3_600_000
+STATIONS_KEY = "stations"
+TOKENS_KEY = "auth:tokens"
+
+# Counter fields of cnt:{st:S}:YYYYMMDDHH (plus "defects:<class>").
+FRAMES, DEFECT_FRAMES, DEFECTS = "frames", "defect_frames", "defects"
+CLASS_COUNTER_PREFIX = "defects:"
+
+_INT_FIELDS = (
+    "captured_at_ms",
+    "received_at_ms",
+    "image_width",
+    "image_height",
+    "frame_count",
+    "n_detections",
+)
+
+
+def tag(station: str) -> str:
+    """The hash tag of a station's keys."""
+    return "{st:" + station + "}"
+
+
+def event_key(station: str, event_id: str) -> str:
+    return f"ev:{tag(station)}:{event_id}"
+
+
+def crop_key(station: str, event_id: str, index: int) -> str:
+    return f"crop:{tag(station)}:{event_id}:{index}"
+
+
+def index_key(station: str) -> str:
+    return f"idx:{tag(station)}"
+
+
+def class_index_key(station: str, class_name: str) -> str:
+    return f"idx:{tag(station)}:cls:{class_name}"
+
+
+def classes_key(station: str) -> str:
+    return f"cls:{tag(station)}"
+
+
+def hour_of(ms: int) -> str:
+    """``YYYYMMDDHH`` of a unix-ms time, UTC."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y%m%d%H")
+
+
+def counter_key(station: str, hour: str) -> str:
+    return f"cnt:{tag(station)}:{hour}"
+
+
+def _f(value: float) -> float:
+    """A float32 wire value as the shortest decimal that round-trips (0.875, not 0.8750000...)."""
+    return float(f"{value:.7g}")
+
+
+def event_fields(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) -> dict[str, str]:
+    """The ``ev:`` hash of a validated event (crops are stored under their own keys)."""
+    detections = [
+        {
+            "box": [_f(d.box.x1), _f(d.box.y1), _f(d.box.x2), _f(d.box.y2)],
+            "score": _f(d.score),
+            "class_id": d.class_id,
+            "class_name": d.class_name,
+            "crop": bool(d.crop_jpeg),
+        }
+        for d in event.detections
+    ]
+    return {
+        "event_id": event.event_id,
+        "station": event.station,
+        "camera": event.camera,
+        "captured_at_ms": str(event.captured_at_ms),
+        "received_at_ms": str(received_at_ms),
+        "model_name": event.model_name,
+        "model_version": event.model_version,
+        "image_width": str(event.image_width),
+        "image_height": str(event.image_height),
+        "inference_ms": repr(_f(event.inference_ms)),
+        "frame_count": str(frame_count(event)),
+        "n_detections": str(len(detections)),
+        "detections": json.dumps(detections, separators=(",", ":")),
+    }
+
+
+def decode_event(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
+    """An ``ev:`` hash as read from Redis -> typed dict (ints, float, detections list)."""
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    out: dict[str, Any] = dict(fields)
+    for name in _INT_FIELDS:
+        if name in out:
+            out[name] = int(out[name])
+    if "inference_ms" in out:
+        out["inference_ms"] = float(out["inference_ms"])
+    out["detections"] = json.loads(fields.get("detections", "[]"))
+    return out
+
+
+def frame_count(event: inspection_pb2.InspectionEvent) -> int:
+    """Frames an event stands for; 0 (unset by an older agent) means 1."""
+    return event.frame_count or 1
+
+
+@dataclass(frozen=True)
+class IngestCall:
+    """KEYS and ARGV of one ``ingest.lua`` call.
+
+    KEYS: 1 event, 2 station index, 3 hourly counters, 4 class set, then one class index
+    per distinct class, then one crop key per sent crop.
+    ARGV: 1 event_id, 2 captured_at_ms, 3 expire-at ms of event/crops/indexes, 4 expire-at
+    ms of the counters, 5 trim indexes below this score, 6 frames, 7 defect_frames,
+    8 defects, 9 number of classes, 10 number of crops, 11 number of hash field/value
+    items, then the field/value items, then (class name, count) per class, then the crops.
+    """
+
+    keys: list[str]
+    args: list[str | bytes | int]
+
+
+def ingest_call(
+    event: inspection_pb2.InspectionEvent, *, now_ms: int, retention_ms: int
+) -> IngestCall:
+    """The script call that stores one validated event."""
+    station, event_id, captured = event.station, event.event_id, event.captured_at_ms
+    per_class = Counter(d.class_name for d in event.detections)
+    classes = sorted(per_class)
+    crops = [(i, d.crop_jpeg) for i, d in enumerate(event.detections) if d.crop_jpeg]
+    hour_end = (captured // HOUR_MS + 1) * HOUR_MS
+
+    fields = event_fields(event, received_at_ms=now_ms)
+    flat: list[str | bytes | int] = [x for item in fields.items() for x in item]
+    keys = [
+        event_key(station, event_id),
+        index_key(station),
+        counter_key(station, hour_of(captured)),
+        classes_key(station),
+        *(class_index_key(station, c) for c in classes),
+        *(crop_key(station, event_id, i) for i, _ in crops),
+    ]
+    args: list[str | bytes | int] = [
+        event_id,
+        captured,
+        captured + retention_ms + EXPIRY_SLACK_MS,
+        hour_end + retention_ms + EXPIRY_SLACK_MS,
+        now_ms - retention_ms,
+        frame_count(event),
+        1 if event.detections else 0,
+        len(event.detections),
+        len(classes),
+        len(crops),
+        len(flat),
+        *flat,
+        *(x for c in classes for x in (c, per_class[c])),
+        *(data for _, data in crops),
+    ]
+    return IngestCall(keys=keys, args=args)
