@@ -71,12 +71,12 @@ class Namespace:
         return f"{schema.TOKENS_KEY}:{self.prefix}"
 
 
-def redis_or_skip() -> redis.Redis:
+def redis_or_fail() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
     except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+        pytest.fail(f"no Redis at {REDIS_URL}: `make test` starts one (scripts/ensure-services.sh)")
     return client
 
 

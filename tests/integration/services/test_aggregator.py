@@ -26,7 +26,7 @@ from aggregator_harness import (
     keys_of,
     new_namespace,
     now_ms,
-    redis_or_skip,
+    redis_or_fail,
     run_async,
     running,
 )
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    c = redis_or_skip()
+    c = redis_or_fail()
     yield c
     c.close()
 

@@ -26,7 +26,7 @@ from aggregator_harness import (
     event,
     keys_of,
     new_namespace,
-    redis_or_skip,
+    redis_or_fail,
     run_async,
     running,
 )
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def client() -> Iterator[redis.Redis]:
-    c = redis_or_skip()
+    c = redis_or_fail()
     yield c
     c.close()
 
