@@ -629,85 +629,16 @@ def _prune_stage(
     min_keep_frac,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """As ``slimspect prune`` (layers first, then channels; optional mAP-budget search)."""
-    from trainer.compress import max_percent_within
-    from trainer.compress import prune as prune_model
-    from trainer.compress.plots import plot_channels_kept, plot_gamma_histogram
+    from trainer.compress.prune_run import prune_run
     from trainer.data.formats import read_dataset
-    from trainer.model import load_checkpoint, save_checkpoint
-    from trainer.validate import validate
 
-    console = ctx.console
-    ds = read_dataset(Path(data))
-    model, meta = load_checkpoint(sparse_ckpt)
-    model.eval()
-
-    def map50(m) -> float:
-        m.eval()
-        return float(validate(m, ds, split).map50)
-
-    map_before = map50(model)
-    blocks, start = [], model
-    if layers:
-        layered = prune_model(model, layers=layers, round_to=round_to)
-        blocks, start = list(layered.blocks), layered.model
-    search = None
-    if max_map_drop is not None:
-        budget = max_map_drop - ((map_before - map50(start)) if blocks else 0.0)
-        search = max_percent_within(
-            start, map50, max(budget, 0.0), round_to=round_to, min_keep_frac=min_keep_frac
-        )
-        percent = search.percent
-        console.print(f"  search: largest percent within the mAP50 budget = {percent:.1f}")
-    result = prune_model(
-        model,
-        percent=percent,
-        layers=blocks or None,
-        round_to=round_to,
-        min_keep_frac=min_keep_frac,
-    )
-    map_after = map50(result.model)
-    out = stage_dir / "weights" / "pruned.pt"
-    summary = {
-        "source": str(sparse_ckpt),
-        "percent": percent,
-        "layers": list(result.blocks),
-        "round_to": round_to,
-        "params_before": result.params_before,
-        "params_after": result.params_after,
-        "map50_before": map_before,
-        "map50_after_prune": map_after,
-    }
-    record = {
-        **summary,
-        "search": None
-        if search is None
-        else {
-            "percent": search.percent,
-            "base_map50": search.base_map50,
-            "map50": search.map50,
-            "trials": [list(t) for t in search.trials],
-        },
-        "plan": result.to_dict(),
-    }
-    save_checkpoint(
-        out,
-        result.model,
-        {
-            "stage": "prune",
-            "parent": str(sparse_ckpt),
-            "class_names": meta.get("class_names"),
-            "train_args": meta.get("train_args"),
-            "prune": result.to_dict(),
-        },
-    )
-    (stage_dir / "prune.json").write_text(json.dumps(record, indent=2, default=str))
-    threshold = result.plan.threshold if result.plan is not None else None
-    plot_gamma_histogram(model, stage_dir / "gamma.png", threshold=threshold)
-    plot_channels_kept(model.spec, result.spec, stage_dir / "channels.png")
-    console.print(f"  {result.summary()}")
-    console.print(f"  mAP50 {map_before:.4f} -> {map_after:.4f} before fine-tuning")
+    summary = prune_run(
+        sparse_ckpt, stage_dir, percent=percent, layers=layers, max_map_drop=max_map_drop,
+        round_to=round_to, min_keep_frac=min_keep_frac, data=read_dataset(Path(data)),
+        split=split, log=lambda line: ctx.console.print(f"  {line}"),
+    )  # fmt: skip
     outputs = {
-        "checkpoint": ctx.rel(out),
+        "checkpoint": ctx.rel(stage_dir / "weights" / "pruned.pt"),
         "report": ctx.rel(stage_dir / "prune.json"),
         "channels": ctx.rel(stage_dir / "channels.png"),
     }

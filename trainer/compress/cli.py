@@ -10,19 +10,11 @@ the threshold) and ``channels.png`` (channels kept per conv).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from trainer.cli import _CTX, _load_checkpoint, _read_data, _run_dir, run_training, train_options
-
-
-def _map50(model, ds, split: str, imgsz: int | None) -> float:
-    from trainer.validate import validate
-
-    model.eval()
-    return float(validate(model, ds, split=split, imgsz=imgsz).map50)
 
 
 @click.command("prune", context_settings=_CTX)
@@ -88,92 +80,23 @@ def prune(
     exist_ok,
 ) -> None:
     """Prune channels (global |gamma| threshold) and residual blocks; writes a new spec."""
-    from trainer.compress import max_percent_within
-    from trainer.compress import prune as prune_model
-    from trainer.compress.plots import plot_channels_kept, plot_gamma_histogram
-    from trainer.model import save_checkpoint
+    from trainer.compress.prune_run import prune_run
 
     if percent is None and not layers and max_map_drop is None:
         raise click.ClickException("nothing to prune: give --percent, --layers or --max-map-drop")
     if percent is not None and max_map_drop is not None:
         raise click.ClickException("--percent and --max-map-drop exclude each other")
-    model, meta = _load_checkpoint(model_path)
-    model.eval()
+    _, meta = _load_checkpoint(model_path)
     data = data or (meta.get("train_args") or {}).get("data")
-    ds = _read_data(data) if data else None
-    if max_map_drop is not None and ds is None:
+    if max_map_drop is not None and not data:
         raise click.ClickException(f"{model_path} does not say its data set: pass --data")
+    ds = _read_data(data) if data else None
     run_dir = _run_dir(project, name, exist_ok)
-    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-
-    map_before = _map50(model, ds, split, None) if ds is not None else None
-    search = None
-    if layers:
-        layered = prune_model(model, layers=layers, round_to=round_to)
-        blocks, start = list(layered.blocks), layered.model
-    else:
-        blocks, start = [], model
-    if max_map_drop is not None:
-        budget = max_map_drop
-        if blocks:  # the search measures its base on the layer-pruned model
-            budget -= map_before - _map50(start, ds, split, None)
-        search = max_percent_within(
-            start,
-            lambda m: _map50(m, ds, split, None),
-            max(budget, 0.0),
-            round_to=round_to,
-            min_keep_frac=min_keep_frac,
-        )
-        percent = search.percent
-        click.echo(f"search: largest percent within the mAP50 budget = {percent:.1f}")
-    result = prune_model(
-        model,
-        percent=percent,
-        layers=blocks or None,
-        round_to=round_to,
-        min_keep_frac=min_keep_frac,
-    )
-    map_after = _map50(result.model, ds, split, None) if ds is not None else None
-
-    out = run_dir / "weights" / "pruned.pt"
-    record = {
-        "source": str(model_path),
-        "percent": percent,
-        "layers": list(result.blocks),
-        "round_to": round_to,
-        "params_before": result.params_before,
-        "params_after": result.params_after,
-        "map50_before": map_before,
-        "map50_after_prune": map_after,
-        "search": None
-        if search is None
-        else {
-            "percent": search.percent,
-            "base_map50": search.base_map50,
-            "map50": search.map50,
-            "trials": [list(t) for t in search.trials],
-        },
-        "plan": result.to_dict(),
-    }
-    save_checkpoint(
-        out,
-        result.model,
-        {
-            "stage": "prune",
-            "parent": str(model_path),
-            "class_names": meta.get("class_names"),
-            "train_args": meta.get("train_args"),
-            "prune": result.to_dict(),
-        },
-    )
-    (run_dir / "prune.json").write_text(json.dumps(record, indent=2, default=str))
-    threshold = result.plan.threshold if result.plan is not None else None
-    plot_gamma_histogram(model, run_dir / "gamma.png", threshold=threshold)
-    plot_channels_kept(model.spec, result.spec, run_dir / "channels.png")
-    click.echo(result.summary())
-    if map_before is not None:
-        click.echo(f"mAP50 {map_before:.4f} -> {map_after:.4f} before fine-tuning")
-    click.echo(f"wrote {out}")
+    prune_run(
+        model_path, run_dir, percent=percent, layers=layers, max_map_drop=max_map_drop,
+        round_to=round_to, min_keep_frac=min_keep_frac, data=ds, split=split, log=click.echo,
+    )  # fmt: skip
+    click.echo(f"wrote {run_dir / 'weights' / 'pruned.pt'}")
 
 
 @click.command("sparse", context_settings=_CTX)
