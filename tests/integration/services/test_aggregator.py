@@ -11,7 +11,6 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,14 +18,10 @@ import redis
 from aggregator_harness import (
     CLASSES,
     JPEG,
-    Namespace,
     batch,
-    cleanup,
     event,
     keys_of,
-    new_namespace,
     now_ms,
-    redis_or_fail,
     run_async,
     running,
 )
@@ -38,20 +33,6 @@ from slimspect.v1 import inspection_pb2 as pb
 
 R = pb.RejectReason
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis_or_fail()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def ns(client: redis.Redis) -> Iterator[Namespace]:
-    namespace = new_namespace()
-    yield namespace
-    cleanup(client, namespace)
 
 
 def stored_counts(client: redis.Redis, station: str) -> dict[str, int]:

@@ -12,21 +12,15 @@ import stat
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from aggregator_harness import (
     REDIS_URL,
-    Namespace,
     batch,
-    cleanup,
     event,
     keys_of,
-    new_namespace,
-    redis_or_fail,
     run_async,
     running,
 )
@@ -44,20 +38,6 @@ from slimspect.v1 import inspection_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis_or_fail()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def ns(client: redis.Redis) -> Iterator[Namespace]:
-    namespace = new_namespace()
-    yield namespace
-    cleanup(client, namespace)
 
 
 # --- mutual TLS ----------------------------------------------------------------------------
