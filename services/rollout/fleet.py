@@ -1,0 +1,197 @@
+"""The Fleet gRPC server: ``Fleet.Heartbeat`` over :class:`RolloutService`, health, reflection.
+
+A library, not a daemon: the HTTP API process builds it with :func:`build_fleet_server` and
+runs it beside its HTTP app (``await fleet.start()`` ... ``await fleet.stop(grace)``).
+
+Authentication is the aggregator's: the agent sends its station token as
+``authorization: Bearer <token>`` metadata, and the same token store (services.aggregator.auth)
+names its station. Missing or unknown token: UNAUTHENTICATED; a heartbeat whose ``station``
+is not the token's: PERMISSION_DENIED (a station reports only for itself); a heartbeat that
+cannot be recorded: INVALID_ARGUMENT; Redis unreachable: UNAVAILABLE (the agent retries).
+
+The server also sweeps every ``sweep_interval_s``: it evaluates every active rollout, so a
+canary whose stations all fell silent is still rolled back or promoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
+
+from services.aggregator.auth import FileTokenStore, RedisTokenStore, TokenStore, bearer_token
+from services.rollout.errors import InvalidHeartbeat
+from services.rollout.service import RolloutService, wall_ms
+from services.rollout.settings import RolloutSettings
+from slimspect.v1 import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger("slimspect.rollout.fleet")
+
+FLEET_SERVICE = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    """``Fleet.Heartbeat``: authenticate the station, record, answer what it should run."""
+
+    def __init__(self, *, service: RolloutService, tokens: TokenStore) -> None:
+        self._service = service
+        self._tokens = tokens
+
+    async def Heartbeat(
+        self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.HeartbeatReply:
+        station = await self._authenticate(context)
+        if request.station != station:
+            log.warning(
+                "heartbeat for another station",
+                extra={"station": station, "claimed": request.station, "peer": context.peer()},
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token belongs to station {station!r}, not {request.station!r}",
+            )
+        try:
+            return await self._service.record_heartbeat(request)
+        except InvalidHeartbeat as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RedisError as exc:
+            log.error("heartbeat not recorded", extra={"station": station, "error": str(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "fleet store unavailable; retry")
+        raise AssertionError("context.abort raises")  # pragma: no cover
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
+        token = bearer_token(context.invocation_metadata())
+        station: str | None = None
+        try:
+            station = await self._tokens.station_for(token) if token else None
+        except RedisError as exc:
+            log.warning("token lookup failed", extra={"error": str(exc)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "token store unavailable")
+        if station is None:
+            log.warning("unauthenticated heartbeat", extra={"peer": context.peer()})
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or unknown token (metadata 'authorization: Bearer <token>')",
+            )
+        assert station is not None
+        return station
+
+
+class FleetServer:
+    """A built (not yet started) Fleet server with its health servicer and sweep task."""
+
+    def __init__(
+        self,
+        *,
+        server: grpc.aio.Server,
+        port: int,
+        service: RolloutService,
+        health: health.aio.HealthServicer,
+        sweep_interval_s: float,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.service = service
+        self.health = health
+        self._sweep_interval_s = sweep_interval_s
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        await self.health.set(FLEET_SERVICE, serving)
+        if self._sweep_interval_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="rollout-sweep")
+
+    async def stop(self, grace: float | None) -> None:
+        """Graceful stop: NOT_SERVING, then ``server.stop(grace)``, then the sweep task."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._sweeper is not None:
+            self._stopping.set()
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._sweep_interval_s)
+            if self._stopping.is_set():
+                return
+            try:
+                for progress in await self.service.sweep():
+                    if progress.rollout.final:
+                        log.info(
+                            "sweep decided",
+                            extra={"rollout": progress.rollout.id, "state": progress.rollout.state},
+                        )
+            except RedisError as exc:
+                log.warning("rollout sweep failed", extra={"error": str(exc)})
+
+
+def fleet_token_store(settings: RolloutSettings, redis: aioredis.Redis) -> TokenStore:
+    """The station token store that ``settings`` select (the aggregator's tokens)."""
+    if settings.token_store == "file":
+        assert settings.token_file is not None  # the settings validator ensures it
+        return FileTokenStore(settings.token_file)
+    return RedisTokenStore(redis)
+
+
+def _credentials(settings: RolloutSettings) -> grpc.ServerCredentials:
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    ca = settings.tls_ca.read_bytes() if settings.tls_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+def build_fleet_server(
+    settings: RolloutSettings,
+    redis: aioredis.Redis,
+    *,
+    service: RolloutService | None = None,
+    tokens: TokenStore | None = None,
+    now_ms: Callable[[], int] = wall_ms,
+) -> tuple[FleetServer, int]:
+    """The Fleet server on ``settings.host:port`` (port 0: a free one), bound, not started.
+
+    Pass the API's ``service`` to share it (else one is made on ``redis`` with ``now_ms``).
+    Returns the :class:`FleetServer` (``.server`` is the ``grpc.aio.Server``) and the bound
+    port. Must be called with an event loop running.
+    """
+    service = service or RolloutService(redis, settings, now_ms=now_ms)
+    servicer = FleetServicer(service=service, tokens=tokens or fleet_token_store(settings, redis))
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", settings.max_message_bytes)]
+    )
+    fleet_pb2_grpc.add_FleetServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (FLEET_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls:
+        port = server.add_secure_port(address, _credentials(settings))
+    else:
+        port = server.add_insecure_port(address)
+    fleet = FleetServer(
+        server=server,
+        port=port,
+        service=service,
+        health=health_servicer,
+        sweep_interval_s=settings.sweep_interval_s,
+    )
+    return fleet, port
