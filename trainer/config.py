@@ -136,6 +136,12 @@ class TrainConfig(BaseModel):
 
     # data augmentation and loss
     augment: AugmentConfig = AugmentConfig()
+    close_mosaic: int = Field(
+        10,
+        ge=0,
+        description="train the last N epochs without mosaic and mixup (Ultralytics): the model "
+        "ends on whole images as it will see them; 0: never",
+    )
     loss: LossConfig = LossConfig()
 
     # validation, early stop

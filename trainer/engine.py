@@ -92,7 +92,7 @@ from trainer.anchors import (
 )
 from trainer.callbacks import Callback, CallbackList, TrainContext
 from trainer.config import ConfigError, TrainConfig
-from trainer.data.augment import Augmenter
+from trainer.data.augment import AugmentConfig, Augmenter
 from trainer.data.dataset import DetectionDataset
 from trainer.data.loader import DatasetSamples, TrainDataset, ValDataset, epoch_seed, train_loader
 from trainer.ema import ModelEMA
@@ -329,6 +329,14 @@ def _read_data(path: str) -> DetectionDataset:
     if not ds.splits.get("train"):
         raise ConfigError(f"{path}: no 'train' split with images")
     return ds
+
+
+def epoch_augment(config: TrainConfig, epoch: int) -> AugmentConfig:
+    """The augmentation of ``epoch`` (0-based): the last ``close_mosaic`` epochs train on
+    whole images, as the model will see them, without mosaic and mixup (Ultralytics)."""
+    if epoch >= config.epochs - config.close_mosaic:
+        return config.augment.without_mosaic()
+    return config.augment
 
 
 def pick_val_split(ds: DetectionDataset) -> str:
@@ -611,13 +619,18 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
 
     # ---- datasets and batches ----------------------------------------------------------
     channels = spec.in_channels
-    augmenter = Augmenter(config.augment, config.imgsz, seed=config.seed)
+    augmenters = {
+        cfg: Augmenter(cfg, config.imgsz, seed=config.seed)
+        for cfg in {config.augment, config.augment.without_mosaic()}
+    }
+    augmenter = augmenters[config.augment]
     train_ds = TrainDataset(DatasetSamples(ds, "train", gray=channels == 1), augmenter, channels)
     val_ds = ValDataset(ds, val_split, config.imgsz, channels)
     workers = config.loader_workers(device.type)
     if train_batches is None:
 
         def train_batches(epoch: int):
+            train_ds.augmenter = augmenters[epoch_augment(config, epoch)]  # resumable
             return train_loader(train_ds, config.batch, workers, config.seed, epoch)
 
     nb = math.ceil(len(train_ds) / config.batch)  # batches per epoch

@@ -30,6 +30,7 @@ from trainer.engine import (
     WEIGHT_GROUP,
     Schedule,
     build_optimizer,
+    epoch_augment,
     increment_path,
     param_groups,
     results_columns,
@@ -73,6 +74,7 @@ def small_config(data_dir, project, **changes) -> TrainConfig:
         "workers": 0,
         "warmup_epochs": 1.0,
         "warmup_min_iters": 0,
+        "close_mosaic": 1,  # epoch 1 with mosaic, epoch 2 without: resume crosses the switch
         "project": str(project),
         "verbose": False,
         "plots": False,
@@ -216,6 +218,16 @@ def test_loss_gain_scaling():
     assert gains["cls_gain"] == pytest.approx(0.5 * 6 / 80)
     plain = LossConfig(scale_gains=False).scaled(6, 320)
     assert plain == {"box_gain": 0.05, "obj_gain": 1.0, "cls_gain": 0.5}
+
+
+def test_close_mosaic_turns_off_mosaic_and_mixup_for_the_last_epochs(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, epochs=5, close_mosaic=2)
+    assert [epoch_augment(config, e).mosaic.p for e in range(5)] == [0.5, 0.5, 0.5, 0.0, 0.0]
+    closed = epoch_augment(config, 4)
+    assert closed.mixup.p == 0.0 and closed.mixup.alpha == config.augment.mixup.alpha
+    assert closed.affine == config.augment.affine and closed.colour == config.augment.colour
+    never = small_config(data_dir, tmp_path, epochs=5, close_mosaic=0)
+    assert all(epoch_augment(never, e) == never.augment for e in range(5))
 
 
 def test_increment_path(tmp_path):

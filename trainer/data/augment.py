@@ -121,6 +121,16 @@ class AugmentConfig(_Frozen):
     min_box_px: float = Field(2.0, ge=0.0)
     fill: int = Field(114, ge=0, le=255)
 
+    def without_mosaic(self) -> AugmentConfig:
+        """The same transforms on whole images: mosaic and mixup off (``close_mosaic``)."""
+        off = {"p": 0.0}
+        return self.model_copy(
+            update={
+                "mosaic": self.mosaic.model_copy(update=off),
+                "mixup": self.mixup.model_copy(update=off),
+            }
+        )
+
     @classmethod
     def none(cls) -> AugmentConfig:
         """The identity: letterbox only, every random transform off."""
