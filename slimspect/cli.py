@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("trainer.compress.cli:bench", "Size, GFLOPs, CPU latency and mAP of checkpoints and ONNX files, as a table."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
     "aggregator": ("services.aggregator.cli:aggregator", "Run the gRPC ingest server (Redis) and manage station tokens."),
+    "api": ("services.api.cli:api", "Run the HTTP API, dashboard and Fleet server; manage API keys."),
+    "stations": ("services.api.client_cli:stations", "List stations with status and model (through the API)."),
+    "rollout": ("services.api.client_cli:rollout", "Start, inspect, promote and roll back rollouts (through the API)."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }
 

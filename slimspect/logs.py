@@ -1,5 +1,8 @@
 """JSON logs on stdout: one object a line, ``extra=`` fields included.
 
+Shared by every long-running service (aggregator, API), so that one log pipeline parses
+them all alike.
+
 log.info("batch", extra={"station": "st1", "accepted": 10})
 -> {"ts": "2024-05-01T12:00:00.123Z", "level": "info", "logger": "...", "msg": "batch",
     "station": "st1", "accepted": 10}

@@ -30,11 +30,11 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from services.aggregator.auth import TokenStore, bearer_token, token_store
-from services.aggregator.logs import configure_logging
 from services.aggregator.metrics import Metrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.validate import Limits, validate_event
 from services.aggregator.writer import IngestWriter
+from slimspect.logs import configure_logging
 from slimspect.v1 import inspection_pb2, inspection_pb2_grpc
 
 log = logging.getLogger("slimspect.aggregator")

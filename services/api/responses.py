@@ -1,0 +1,141 @@
+"""The JSON bodies of the API, as pydantic models: they make the OpenAPI document.
+
+Times are unix milliseconds (UTC), as on the wire and in Redis. Errors have one shape,
+:class:`Problem`: ``detail`` is a sentence saying what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+
+from services.rollout.models import StationState
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="what is wrong, in one sentence")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for invalid parameters: one entry per parameter"
+    )
+    blockers: list[str] | None = Field(
+        default=None, description="for a refused promotion: what the gate is waiting for"
+    )
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class DetectionOut(BaseModel):
+    box: Box
+    score: float
+    class_id: int
+    class_name: str
+    crop_url: str | None = Field(description="the JPEG crop, when the station sent one")
+
+
+class Defect(BaseModel):
+    """One stored inspection event with its detections."""
+
+    station: str
+    event_id: str
+    camera: str
+    captured_at_ms: int
+    received_at_ms: int
+    model_name: str
+    model_version: str
+    image_width: int
+    image_height: int
+    inference_ms: float
+    url: str
+
+    detections: list[DetectionOut]
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> Defect:
+        station, event_id = event["station"], event["event_id"]
+        url = f"/v1/defects/{station}/{quote(event_id, safe='')}"
+        return cls(
+            station=station,
+            event_id=event_id,
+            camera=event["camera"],
+            captured_at_ms=event["captured_at_ms"],
+            received_at_ms=event["received_at_ms"],
+            model_name=event["model_name"],
+            model_version=event["model_version"],
+            image_width=event["image_width"],
+            image_height=event["image_height"],
+            inference_ms=event["inference_ms"],
+            url=url,
+            detections=[
+                DetectionOut(
+                    box=Box(**dict(zip(("x1", "y1", "x2", "y2"), d["box"], strict=True))),
+                    score=d["score"],
+                    class_id=d["class_id"],
+                    class_name=d["class_name"],
+                    crop_url=f"{url}/crops/{i}" if d.get("crop") else None,
+                )
+                for i, d in enumerate(event["detections"])
+            ],
+        )
+
+
+class DefectPageOut(BaseModel):
+    items: list[Defect]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null when the walk is complete"
+    )
+    examined: int = Field(description="events read to fill this page (filters may drop some)")
+
+
+class Counts(BaseModel):
+    frames: int
+    defect_frames: int | None = Field(description="frames with >= 1 defect (not per class)")
+    defects: int
+    defect_rate: float | None = Field(description="defect_frames / frames")
+    defects_per_frame: float | None = Field(description="defects / frames")
+    by_class: dict[str, int] = Field(default_factory=dict, description="defects per class")
+
+
+class StatsGroup(Counts):
+    key: str = Field(description="the hour (ISO, UTC), station or class of this group")
+    start_ms: int | None = Field(default=None, description="hour groups: the hour's start")
+
+
+class StatsOut(BaseModel):
+    group_by: str
+    from_ms: int = Field(description="start of the first hour counted (inclusive)")
+    to_ms: int = Field(description="end of the last hour counted (exclusive)")
+    stations: list[str]
+    total: Counts
+    groups: list[StatsGroup]
+
+
+class ModelVersionOut(BaseModel):
+    name: str
+    version: str
+    created_at: str
+    format: str
+    size_bytes: int
+    sha256: str
+    latest: bool = Field(description="the newest version of its model")
+
+
+class StationOut(BaseModel):
+    """A station as its heartbeats (the fleet) and the events it sent describe it."""
+
+    station: str
+    status: Literal["online", "offline", "no heartbeat"] = Field(
+        description="online: a heartbeat within the rollout service's stale_after_s; "
+        "no heartbeat: the station sent events but never a heartbeat"
+    )
+    last_heartbeat_ms: int | None
+    last_event_ms: int | None = Field(description="capture time of its newest stored event")
+    model_name: str | None = Field(description="running now (heartbeat), else of its newest event")
+    model_version: str | None
+    fleet: StationState | None = Field(description="its last heartbeat and what it was told")
