@@ -19,12 +19,13 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, parse_overrides
 from trainer.data.synth import synthesize
 from trainer.engine import train
 
@@ -68,20 +69,33 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--name", default="train-cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainConfig override, as `slimspect train -o` (repeatable), e.g. optimizer=AdamW",
+    )
     args = parser.parse_args()
 
     data = dataset(args.data_root, args.images, args.size, args.seed, args.val_fraction)
-    config = TrainConfig(
-        data=str(data),
-        model=args.model,
-        imgsz=args.imgsz,
-        epochs=args.epochs,
-        batch=args.batch,
-        workers=args.workers if args.workers == "auto" else int(args.workers),
-        seed=args.seed,
-        device="cpu",
-        project=str(args.project),
-        name=args.name,
+    overrides = parse_overrides(args.overrides)
+    config = TrainConfig.load(
+        None,
+        {
+            "data": str(data),
+            "model": args.model,
+            "imgsz": args.imgsz,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "workers": args.workers if args.workers == "auto" else int(args.workers),
+            "seed": args.seed,
+            "device": "cpu",
+            "project": str(args.project),
+            "name": args.name,
+            **overrides,
+        },
     )
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = train(config)
@@ -114,6 +128,7 @@ def main() -> None:
             "accumulate": config.accumulate_steps,
             "optimizer": config.optimizer,
             "lr0": config.lr0,
+            "overrides": overrides,
             "workers": config.loader_workers("cpu"),
             "data": {
                 "synthetic": True,
@@ -156,6 +171,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+    curve_png = result.run_dir / "results.png"
+    if curve_png.is_file():  # the per-epoch curve, beside the figures
+        shutil.copyfile(curve_png, args.out.with_suffix(".png"))
+        print(f"wrote {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

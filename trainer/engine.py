@@ -57,7 +57,10 @@ Hooks for later stages
   backpropagate, summed over the batch's images (the default's ``YoloLoss`` scale);
   ``parts`` a detached 1-D tensor logged as ``train/<name>`` for the names in
   ``loss_fn.part_names`` (default ``box_loss, obj_loss, cls_loss``). The loss's own
-  parameters, if any, are not optimized. Validation losses always use the detection loss.
+  trainable parameters, if it is an ``nn.Module`` with any (distillation's feature
+  adapters), are a 4th optimizer group named ``loss`` that follows the weights' schedule,
+  and are saved in ``last.pt``'s resume state, so such a run resumes exactly too.
+  Validation losses always use the detection loss.
 * ``train_batches(epoch) -> iterable of (images, targets)``: replaces the local
   DataLoader (e.g. a Ray Data shard); batches follow :mod:`trainer.data.loader`'s
   contract and there should be ``ceil(len(train split) / batch)`` of them.
@@ -275,6 +278,16 @@ def build_optimizer(
         group["initial_lr"] = lr
         group["name"] = group_name
     return opt
+
+
+LOSS_GROUP_NAME = "loss"
+
+
+def _trainable(loss_fn) -> dict[str, nn.Parameter]:
+    """The loss's own trainable parameters by name (none for a plain function)."""
+    if not isinstance(loss_fn, nn.Module):
+        return {}
+    return {k: p for k, p in loss_fn.named_parameters() if p.requires_grad}
 
 
 class DetectionLoss(nn.Module):
@@ -651,6 +664,16 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
     schedule = Schedule.from_config(config, nb)
     weight_decay = config.weight_decay * config.batch * schedule.accumulate / config.nbs
     optimizer = build_optimizer(model, config.optimizer, config.lr0, config.momentum, weight_decay)
+    loss_params = _trainable(loss_fn)
+    if loss_params:
+        optimizer.add_param_group(
+            {
+                "params": list(loss_params.values()),
+                "weight_decay": weight_decay,
+                "initial_lr": config.lr0,
+                "name": LOSS_GROUP_NAME,
+            }
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.ema else None
 
@@ -658,6 +681,16 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
     best_fitness, best_epoch, elapsed_before = -math.inf, 0, 0.0
     history: list[dict[str, float]] = []
     if state is not None:
+        saved = state.get("loss_params") or {}
+        if saved or loss_params:
+            if set(saved) != set(loss_params):
+                raise ConfigError(
+                    "the run's loss parameters differ from this loss's: resume with the same "
+                    f"loss settings (saved {sorted(saved)}, now {sorted(loss_params)})"
+                )
+            with torch.no_grad():
+                for name, p in loss_params.items():
+                    p.copy_(saved[name])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
@@ -813,6 +846,7 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
         resume_state = {
             "model": model.state_dict() if ema is not None else None,  # the raw weights
             "optimizer": optimizer.state_dict(),
+            "loss_params": {k: v.detach().cpu().clone() for k, v in loss_params.items()},
             "scaler": scaler.state_dict(),
             "ema_updates": ema.updates if ema is not None else 0,
             "step": ctx.step,

@@ -218,11 +218,11 @@ def _last_epoch(last: Path) -> int:
     return int((payload.get("metadata") or {}).get("epoch", 0))
 
 
-def _train_stage(ctx: _Ctx, stage_dir: Path, epochs: int, fresh, resume, can_resume=True) -> None:
+def _train_stage(ctx: _Ctx, stage_dir: Path, epochs: int, fresh, resume) -> None:
     """Run a training stage fresh, or resume it from its ``last.pt`` when it was
     interrupted with the same settings (``started.json``) and nothing upstream ran."""
     last = stage_dir / "weights" / "last.pt"
-    if ctx.resume_ok and can_resume and last.is_file():
+    if ctx.resume_ok and last.is_file():
         try:
             done_epochs = _last_epoch(last)
         except Exception:  # noqa: BLE001 - an unreadable last.pt: start again
@@ -437,7 +437,7 @@ def compress(
         def resume(last):
             distill_train(machine, teacher_ckpt, resume=last, **options)
 
-        _train_stage(ctx, stage_dir, distill_epochs, fresh, resume, can_resume=feat_weight == 0)
+        _train_stage(ctx, stage_dir, distill_epochs, fresh, resume)
         best = stage_dir / "weights" / "best.pt"
         return (
             {"checkpoint": ctx.rel(best), "last": ctx.rel(stage_dir / "weights" / "last.pt")},

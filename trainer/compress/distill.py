@@ -39,11 +39,11 @@ reaches it. ``parts`` (logged as ``train/<name>``) are the detection loss's thre
 ``distill_obj_cls``, ``distill_box``, ``distill_feat`` (gains applied, per image, like
 YoloLoss's); ``last_terms`` holds the four separate terms of the latest batch.
 
-The adapters are trainable, but the engine does not optimize the loss's parameters:
-:class:`DistillCallback` adds them to the optimizer as a 4th parameter group at train start
-(its lr and momentum follow the weights' schedule) and stores their weights in the
-checkpoints' metadata (``metadata["distill"]["adapters"]``). :func:`distill_train` wires
-both.
+The adapters are trainable: the engine optimizes a loss's own parameters as a 4th group
+(its lr and momentum follow the weights' schedule) and keeps them in the resume state, so a
+distillation with feature imitation resumes exactly. :class:`DistillCallback` stores their
+weights in the checkpoints' metadata too (``metadata["distill"]["adapters"]``), for whoever
+reads a finished run. :func:`distill_train` wires both.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.callbacks import Callback, TrainContext
+from trainer.engine import LOSS_GROUP_NAME
 from trainer.loss import YoloLoss, bbox_ciou
 
 __all__ = [
@@ -71,7 +72,8 @@ __all__ = [
 
 DET_PART_NAMES = ("box_loss", "obj_loss", "cls_loss")
 DISTILL_PART_NAMES = (*DET_PART_NAMES, "distill_obj_cls", "distill_box", "distill_feat")
-ADAPTER_GROUP = "distill_adapters"
+ADAPTER_SEED = 0
+ADAPTER_GROUP = LOSS_GROUP_NAME  # the engine's group of a loss's own parameters
 
 
 class DistillTerms(NamedTuple):
@@ -253,8 +255,14 @@ class DistillLoss(nn.Module):
             if spec is None:
                 raise ValueError("feature imitation needs a teacher with a spec (feature_channels)")
             self.adapters = nn.ModuleList()
-            for cs, ct in zip(student_channels, spec.feature_channels, strict=True):
-                conv = nn.Conv2d(int(cs), int(ct), 1)
+            # Their own generator: the same adapters whatever ran before (reproducible runs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(ADAPTER_SEED)
+                convs = [
+                    nn.Conv2d(int(cs), int(ct), 1)
+                    for cs, ct in zip(student_channels, spec.feature_channels, strict=True)
+                ]
+            for conv, cs, ct in zip(convs, student_channels, spec.feature_channels, strict=True):
                 if cs == ct:  # a student as wide as its teacher starts imitating exactly
                     with torch.no_grad():
                         conv.weight.copy_(torch.eye(int(ct)).view(ct, ct, 1, 1))
@@ -402,19 +410,10 @@ class DistillCallback(Callback):
             spec_anchors.to(own).view_as(own), own
         ):
             own.copy_(spec_anchors.to(own).view_as(own))
-        params = self.loss.adapter_parameters()
         held = {id(p) for g in ctx.optimizer.param_groups for p in g["params"]}
-        new = [p for p in params if id(p) not in held]
-        if new:  # the engine does not optimize the loss's own parameters
-            weights = ctx.optimizer.param_groups[min(1, len(ctx.optimizer.param_groups) - 1)]
-            ctx.optimizer.add_param_group(
-                {
-                    "params": new,
-                    "weight_decay": weights.get("weight_decay", 0.0),
-                    "initial_lr": weights.get("initial_lr", weights["lr"]),
-                    "name": ADAPTER_GROUP,
-                }
-            )
+        missing = [p for p in self.loss.adapter_parameters() if id(p) not in held]
+        if missing:  # the engine optimizes a loss's parameters: this loss is not its loss_fn
+            raise RuntimeError("DistillCallback needs its DistillLoss passed as loss_fn")
 
     def on_checkpoint(self, ctx: TrainContext, path: Path, metadata: dict[str, Any]) -> None:
         loss = self.loss
@@ -475,8 +474,7 @@ def distill_train(
         student_ckpt: the pruned model's checkpoint (not needed with ``resume``).
         temperature, alpha_*, feat_weight, margin, psi: see :class:`DistillLoss`.
         resume: continue a stopped distillation run (its last.pt or folder); the teacher
-            and the distillation settings must be given again. Not with ``feat_weight``:
-            see the module docstring (the adapters' optimizer group).
+            and the distillation settings must be given again.
     Returns:
         the :class:`trainer.engine.TrainResult`.
     """
@@ -499,11 +497,6 @@ def distill_train(
     }
 
     if resume is not None:
-        if feat_weight > 0:
-            raise ConfigError(
-                "resuming a distillation with feature imitation is not supported: the engine "
-                "rebuilds a 3-group optimizer before callbacks run (start the stage again)"
-            )
         last = Path(resume)
         last = last / "weights" / "last.pt" if last.is_dir() else last
         if not last.is_file():
@@ -511,7 +504,12 @@ def distill_train(
         student, meta = load_checkpoint(last)
         _check_pair(teacher, student)
         saved = TrainConfig.from_dict(meta["train_args"])
-        loss = DistillLoss(detection_loss(saved, student.spec), teacher, **options)
+        loss = DistillLoss(
+            detection_loss(saved, student.spec),
+            teacher,
+            student_channels=student.spec.feature_channels,
+            **options,
+        )
         return train(
             config,
             loss_fn=loss,

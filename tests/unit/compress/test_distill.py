@@ -18,7 +18,7 @@ from trainer.compress.distill import (
     distill_train,
     imitation_mask,
 )
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 from trainer.data.synth import synthesize
 from trainer.loss import YoloLoss
 from trainer.model import build, get_spec, load_checkpoint, save_checkpoint
@@ -229,3 +229,46 @@ def test_distill_train_two_epochs(data_dir, tmp_path):
     assert len(seen.initial) == 6  # 3 adapters x (weight, bias)
     trained = [adapters[f"{i}.{k}"] for i in range(3) for k in ("weight", "bias")]
     assert all(not torch.equal(a, b) for a, b in zip(trained, seen.initial, strict=True))
+
+
+def test_distill_with_feature_imitation_resumes_exactly(data_dir, tmp_path):
+    """The adapters are the engine's 4th optimizer group and part of the resume state."""
+    teacher = save_checkpoint(
+        tmp_path / "teacher.pt", model("yolov4-s", seed=1), {"stage": "sparse"}
+    )
+    student = save_checkpoint(
+        tmp_path / "student.pt", model("yolov4-n", seed=0), {"stage": "prune"}
+    )
+
+    def config(name):
+        return TrainConfig(
+            data=str(data_dir), model="yolov4-n", imgsz=64, epochs=2, batch=8, accumulate=1,
+            workers=0, warmup_epochs=0.0, warmup_min_iters=0, close_mosaic=1,
+            project=str(tmp_path / "runs"), name=name, verbose=False, plots=False,
+        )  # fmt: skip
+
+    class StopAfterOne(Callback):
+        def on_train_start(self, ctx):
+            self.ctx = ctx
+
+        def on_epoch_end(self, epoch, metrics):
+            self.ctx.stop = epoch == 1
+
+    straight = distill_train(config("straight"), teacher, student, feat_weight=0.5)
+    stopped = distill_train(
+        config("stopped"), teacher, student, feat_weight=0.5, callbacks=[StopAfterOne()]
+    )
+    assert stopped.epochs_done == 1
+    resumed = distill_train(None, teacher, resume=stopped.run_dir, feat_weight=0.5)
+    assert resumed.epochs_done == 2
+
+    _, ref = load_checkpoint(straight.last)
+    _, res = load_checkpoint(resumed.last)
+    for k, v in ref["resume"]["model"].items():
+        assert torch.equal(v, res["resume"]["model"][k]), f"raw weights differ: {k}"
+    for k, v in ref["distill"]["adapters"].items():
+        assert torch.equal(v, res["distill"]["adapters"][k]), f"adapters differ: {k}"
+    # a resume with other loss parameters (adapters the run did not have) is refused
+    plain = distill_train(config("plain"), teacher, student, callbacks=[StopAfterOne()])
+    with pytest.raises(ConfigError, match="loss parameters differ"):
+        distill_train(None, teacher, resume=plain.run_dir, feat_weight=0.5)
