@@ -1,4 +1,6 @@
-"""Station daemon: cameras, ONNX Runtime, durable spool, gRPC uplink, verified model updates.
+"""The station agent: cameras, ONNX Runtime, the on-device spool, the gRPC uplink to the
+aggregator, heartbeats and verified model updates. Run it with ``slimspect agent``.
 
-Imports ``slimspect`` only; never torch, never ``trainer`` or ``services``.
+No torch and no trainer here: a station carries onnxruntime and meets the centre only on
+the wire (DESIGN.md, Imports).
 """

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("services.api.cli:api", "Run the HTTP API, dashboard and Fleet server; manage API keys."),
     "stations": ("services.api.client_cli:stations", "List stations with status and model (through the API)."),
     "rollout": ("services.api.client_cli:rollout", "Start, inspect, promote and roll back rollouts (through the API)."),
+    "agent": ("edge_agent.cli:agent", "Run a station agent: cameras, ONNX Runtime, spool, gRPC uplink, heartbeat, verified model updates."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
 }
 

@@ -7,6 +7,7 @@ about (bucket and key, or file) and what differed, so that one line is enough to
     SlimspectError
     +-- KeyFileError                 a PEM key file is missing, unreadable or not an Ed25519 key
     +-- EmbeddedServiceError         an embedded server (SeaweedFS, ...) did not start
+    +-- OnnxMetadataError            an ONNX model lacks the slimspect metadata a runtime needs
     +-- StoreError                   anything the model store reports
         +-- StoreUnreachableError    the S3 endpoint does not answer
         +-- ModelNotFoundError       no such bucket, model, version or object
@@ -30,6 +31,10 @@ class KeyFileError(SlimspectError):
 
 class EmbeddedServiceError(SlimspectError):
     """An embedded server process could not be started or did not become ready."""
+
+
+class OnnxMetadataError(SlimspectError, ValueError):
+    """An ONNX model has no (or malformed) ``slimspect.*`` metadata: not a slimspect export."""
 
 
 class StoreError(SlimspectError):

@@ -41,8 +41,9 @@ needs besides the graph, each value JSON-encoded:
 ``slimspect.<key>``         every entry of the caller's ``metadata``
 ==========================  ==========================================================
 
-:func:`parse_metadata_props` decodes such a map (from onnx or from onnxruntime, no torch
-needed); :func:`read_onnx_metadata` reads it from a file.
+:func:`slimspect.onnx_meta.parse_metadata_props` decodes such a map (from onnx or from
+onnxruntime; it lives in the shared core because the station runtime reads it without
+torch); :func:`read_onnx_metadata` reads it from a file.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ import torch
 from torch import nn
 
 from slimspect.detection import DEFAULT_PAD_VALUE, LetterboxInfo, postprocess, preprocess
+from slimspect.onnx_meta import META_PREFIX, parse_metadata_props  # home: the shared core
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("p3", "p4", "p5")
 DEFAULT_OPSET = 17
-META_PREFIX = "slimspect."
 RESERVED_KEYS = ("spec", "class_names", "input", "anchors", "strides", "outputs", "export")
 """Metadata keys (after ``slimspect.``) the exporter writes itself."""
 
@@ -209,23 +210,6 @@ def build_metadata(spec, metadata: Mapping[str, Any] | None = None) -> dict[str,
             out[full] = json.dumps(value)
         except TypeError as e:
             raise ValueError(f"metadata[{key!r}] is not JSON-serialisable: {e}") from None
-    return out
-
-
-def parse_metadata_props(props: Mapping[str, str]) -> dict[str, Any]:
-    """Decode a ``metadata_props`` map: every value JSON-decoded where it parses.
-
-    Works on ``{p.key: p.value for p in model.metadata_props}`` as well as on onnxruntime's
-    ``session.get_modelmeta().custom_metadata_map``. Keys are kept as stored
-    (``slimspect.class_names``, ...); values the exporter did not write and that are not
-    JSON stay strings.
-    """
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except (TypeError, ValueError):
-            out[key] = value
     return out
 
 

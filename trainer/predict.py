@@ -86,30 +86,23 @@ class Predictor:
         )
 
     def _load_onnx(self) -> None:
-        from trainer.export import META_PREFIX, ort_session, read_onnx_metadata
-
-        meta = read_onnx_metadata(self.path)
-
-        def get(key):
-            if META_PREFIX + key not in meta:
-                raise ValueError(
-                    f"{self.path}: no {META_PREFIX}{key} metadata (not a slimspect export)"
-                )
-            return meta[META_PREFIX + key]
+        from slimspect.onnx_meta import DetectorMetadata
+        from trainer.export import ort_session
 
         self._session = ort_session(self.path)
+        meta = DetectorMetadata.from_props(
+            self._session.get_modelmeta().custom_metadata_map, source=str(self.path)
+        )
         self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._outputs = list(meta.outputs)
         self._model = None
-        inp = get("input")
-        anchors = [tuple(a) for scale in get("anchors") for a in scale]
         self._setup(
-            get("class_names"),
-            int(inp["width"]),
-            int(inp["channels"]),
-            anchors,
-            tuple(get("strides")),
-            meta.get(META_PREFIX + "thresholds") or {},
+            meta.class_names,
+            meta.input_width,
+            meta.channels,
+            meta.anchors,
+            meta.strides,
+            meta.thresholds,
         )
 
     def _setup(self, names, size, channels, anchors, strides, thresholds) -> None:
