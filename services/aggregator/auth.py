@@ -32,7 +32,6 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from services.aggregator.schema import STATION_RE, TOKENS_KEY
-from services.aggregator.settings import AggregatorSettings
 
 TOKEN_PREFIX = "sst_"
 
@@ -194,8 +193,15 @@ class FileTokenStore:
         return len(gone)
 
 
-def token_store(settings: AggregatorSettings, redis: aioredis.Redis) -> TokenStore:
-    """The store that ``settings`` select."""
+class TokenStoreSettings(Protocol):
+    """What selects a token store (AggregatorSettings and RolloutSettings both have it)."""
+
+    token_store: str
+    token_file: Path | None
+
+
+def token_store(settings: TokenStoreSettings, redis: aioredis.Redis) -> TokenStore:
+    """The store that ``settings`` select: the same station tokens for every gRPC server."""
     if settings.token_store == "file":
         assert settings.token_file is not None  # the settings validator ensures it
         return FileTokenStore(settings.token_file)

@@ -34,6 +34,7 @@ from services.aggregator.metrics import Metrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.validate import Limits, validate_event
 from services.aggregator.writer import IngestWriter
+from slimspect.grpc_tls import server_credentials
 from slimspect.logs import configure_logging
 from slimspect.v1 import inspection_pb2, inspection_pb2_grpc
 
@@ -258,16 +259,6 @@ def server_options(settings: AggregatorSettings) -> list[tuple[str, int]]:
     ]
 
 
-def _credentials(settings: AggregatorSettings) -> grpc.ServerCredentials:
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    ca = settings.tls_ca.read_bytes() if settings.tls_ca is not None else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
-
-
 def build_server(
     settings: AggregatorSettings,
     redis: aioredis.Redis,
@@ -299,7 +290,7 @@ def build_server(
     )
     address = f"{settings.host}:{settings.port}"
     if settings.tls:
-        port = server.add_secure_port(address, _credentials(settings))
+        port = server.add_secure_port(address, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca))
     else:
         port = server.add_insecure_port(address)
     aggregator = Aggregator(

@@ -26,10 +26,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from services.aggregator.auth import FileTokenStore, RedisTokenStore, TokenStore, bearer_token
+from services.aggregator.auth import TokenStore, bearer_token, token_store
 from services.rollout.errors import InvalidHeartbeat
 from services.rollout.service import RolloutService, wall_ms
 from services.rollout.settings import RolloutSettings
+from slimspect.grpc_tls import server_credentials
 from slimspect.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger("slimspect.rollout.fleet")
@@ -139,24 +140,6 @@ class FleetServer:
                 log.warning("rollout sweep failed", extra={"error": str(exc)})
 
 
-def fleet_token_store(settings: RolloutSettings, redis: aioredis.Redis) -> TokenStore:
-    """The station token store that ``settings`` select (the aggregator's tokens)."""
-    if settings.token_store == "file":
-        assert settings.token_file is not None  # the settings validator ensures it
-        return FileTokenStore(settings.token_file)
-    return RedisTokenStore(redis)
-
-
-def _credentials(settings: RolloutSettings) -> grpc.ServerCredentials:
-    assert settings.tls_cert is not None and settings.tls_key is not None
-    ca = settings.tls_ca.read_bytes() if settings.tls_ca is not None else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
-
-
 def build_fleet_server(
     settings: RolloutSettings,
     redis: aioredis.Redis,
@@ -172,7 +155,7 @@ def build_fleet_server(
     port. Must be called with an event loop running.
     """
     service = service or RolloutService(redis, settings, now_ms=now_ms)
-    servicer = FleetServicer(service=service, tokens=tokens or fleet_token_store(settings, redis))
+    servicer = FleetServicer(service=service, tokens=tokens or token_store(settings, redis))
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", settings.max_message_bytes)]
@@ -184,7 +167,7 @@ def build_fleet_server(
     )
     address = f"{settings.host}:{settings.port}"
     if settings.tls:
-        port = server.add_secure_port(address, _credentials(settings))
+        port = server.add_secure_port(address, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca))
     else:
         port = server.add_insecure_port(address)
     fleet = FleetServer(
