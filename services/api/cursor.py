@@ -19,9 +19,13 @@ import json
 from dataclasses import dataclass
 
 from services.aggregator.schema import STATION_RE
+from services.aggregator.validate import MAX_ID_CHARS
 
 _VERSION = 1
-_MAX_CURSOR_CHARS = 512
+# The longest cursor an accepted event can give: JSON in UTF-8 (up to 4 bytes a character of
+# the event id; escapes of printable characters take 2), station up to 64 characters, the
+# time up to 16 digits, plus brackets, quotes and commas; then base64 (4 chars per 3 bytes).
+_MAX_CURSOR_CHARS = 4 * -(-(4 * MAX_ID_CHARS + 64 + 16 + 32) // 3)
 
 
 class CursorError(ValueError):
@@ -41,6 +45,7 @@ def encode_cursor(position: Position) -> str:
     raw = json.dumps(
         [_VERSION, position.captured_at_ms, position.station, position.event_id],
         separators=(",", ":"),
+        ensure_ascii=False,  # UTF-8: a non-ASCII id costs 4 bytes a character, not 12
     ).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

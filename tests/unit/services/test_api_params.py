@@ -17,6 +17,11 @@ stations = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 ids = st.text(min_size=1, max_size=128).filter(str.isprintable)
 
 
+def test_the_longest_cursor_decodes() -> None:
+    worst = Position(2**53 - 1, "s" * 64, "\U0001d400" * 128)  # 128 astral characters
+    assert decode_cursor(encode_cursor(worst)) == worst
+
+
 @given(st.integers(0, 2**53 - 1), stations, ids)
 def test_cursor_round_trips(ts: int, station: str, event_id: str) -> None:
     position = Position(ts, station, event_id)

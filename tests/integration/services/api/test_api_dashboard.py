@@ -136,7 +136,10 @@ def test_dashboard_shows_chart_stations_defects_and_rollouts(
 
 
 async def _browse(browser: Any, base: str, viewer: str, active: str, shot: Path) -> dict[str, Any]:
-    page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+    # bypass_csp: Playwright's polling predicates are evaluated as strings, which the page's
+    # own CSP (script-src 'self', no eval) would block; the page's scripts are unaffected.
+    context = await browser.new_context(viewport={"width": 1440, "height": 1000}, bypass_csp=True)
+    page = await context.new_page()
     outside: list[str] = []
     errors: list[str] = []
     page.on(
@@ -147,7 +150,8 @@ async def _browse(browser: Any, base: str, viewer: str, active: str, shot: Path)
     page.on("pageerror", lambda e: errors.append(str(e)))
 
     # First visit: no key stored, the page asks; a wrong key is refused.
-    await page.goto(base + "/")
+    response = await page.goto(base + "/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     await page.wait_for_selector("#login[open]")
     await page.fill("#login-key", "ssk_wrong")
     await page.click("#login-form button[type=submit]")
