@@ -31,6 +31,10 @@ Keys (``S`` station, ``E`` event_id, ``C`` class name, ``i`` detection index)::
     auth:tokens             HASH    sha256(token) hex -> JSON {"station", "created_at_ms"}
                                     (owned by auth.py; global, not tagged)
 
+Other packages' keys on the same Redis, named here so that nothing collides:
+``auth:api-keys`` (HTTP API keys, services/api/keys.py) and ``{fleet}:*`` (fleet state,
+rollouts and their audit log, services/rollout/keys.py).
+
 Dedupe: the event key is the dedupe key. The script stores an event only when
 ``ev:{st:S}:E`` does not exist, in the same atomic step as every other write, so a resent
 event is acknowledged as a duplicate and counted once. event_id is unique per station
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -119,18 +123,23 @@ def _f(value: float) -> float:
     return float(f"{value:.7g}")
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _detection(d: inspection_pb2.Detection) -> dict[str, Any]:
+    b = d.box
+    return {
+        "box": [_f(b.x1), _f(b.y1), _f(b.x2), _f(b.y2)],
+        "score": _f(d.score),
+        "class_id": d.class_id,
+        "class_name": d.class_name,
+        "crop": bool(d.crop_jpeg),
+    }
+
+
 def event_fields(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) -> dict[str, str]:
     """The ``ev:`` hash of a validated event (crops are stored under their own keys)."""
-    detections = [
-        {
-            "box": [_f(d.box.x1), _f(d.box.y1), _f(d.box.x2), _f(d.box.y2)],
-            "score": _f(d.score),
-            "class_id": d.class_id,
-            "class_name": d.class_name,
-            "crop": bool(d.crop_jpeg),
-        }
-        for d in event.detections
-    ]
+    detections = [_detection(d) for d in event.detections]
     return {
         "event_id": event.event_id,
         "station": event.station,
@@ -144,7 +153,7 @@ def event_fields(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) 
         "inference_ms": repr(_f(event.inference_ms)),
         "frame_count": str(frame_count(event)),
         "n_detections": str(len(detections)),
-        "detections": json.dumps(detections, separators=(",", ":")),
+        "detections": _COMPACT_JSON.encode(detections),
     }
 
 
@@ -171,14 +180,19 @@ def frame_count(event: inspection_pb2.InspectionEvent) -> int:
 
 @dataclass(frozen=True)
 class IngestCall:
-    """KEYS and ARGV of one ``ingest.lua`` call.
+    """KEYS and ARGV of one ``ingest.lua`` call: a batch of validated events of ONE station.
 
-    KEYS: 1 event, 2 station index, 3 hourly counters, 4 class set, then one class index
-    per distinct class, then one crop key per sent crop.
-    ARGV: 1 event_id, 2 captured_at_ms, 3 expire-at ms of event/crops/indexes, 4 expire-at
-    ms of the counters, 5 trim indexes below this score, 6 frames, 7 defect_frames,
-    8 defects, 9 number of classes, 10 number of crops, 11 number of hash field/value
-    items, then the field/value items, then (class name, count) per class, then the crops.
+    KEYS: 1 station index, 2 class set, then H hourly counter keys (the distinct hours of
+    the batch), then C class indexes (its distinct classes), then per event its event key
+    followed by its crop keys.
+    ARGV: 1 H, 2 C, 3 trim indexes below this score, 4 the events as one JSON array (below),
+    then the H counters' expire-at ms, then the C class names, then the crops (bytes) in
+    the order of their keys.
+    Each event of the JSON array: ``[event_id, captured_at_ms, expire-at ms of the event,
+    its crops and the indexes it enters, hour (1-based, of KEYS' counters), frames,
+    defect_frames, defects, [class (1-based), detections of it, ...], crops, [hash field,
+    value, ...]]``. One JSON argument instead of ~30 per event keeps the call cheap to
+    send (redis-py encodes every argument in Python) and to read (cjson, in C).
     """
 
     keys: list[str]
@@ -186,39 +200,70 @@ class IngestCall:
 
 
 def ingest_call(
-    event: inspection_pb2.InspectionEvent, *, now_ms: int, retention_ms: int
+    events: Sequence[inspection_pb2.InspectionEvent], *, now_ms: int, retention_ms: int
 ) -> IngestCall:
-    """The script call that stores one validated event."""
-    station, event_id, captured = event.station, event.event_id, event.captured_at_ms
-    per_class = Counter(d.class_name for d in event.detections)
-    classes = sorted(per_class)
-    crops = [(i, d.crop_jpeg) for i, d in enumerate(event.detections) if d.crop_jpeg]
-    hour_end = (captured // HOUR_MS + 1) * HOUR_MS
-
-    fields = event_fields(event, received_at_ms=now_ms)
-    flat: list[str | bytes | int] = [x for item in fields.items() for x in item]
+    """The script call that stores ``events`` (validated, all of one station)."""
+    if not events:
+        raise ValueError("ingest_call needs at least one event")
+    station = events[0].station
+    hours: dict[int, int] = {}  # hour (ms // HOUR_MS) -> its 1-based number in KEYS
+    hour_expire: list[int] = []
+    class_ids: dict[str, int] = {}
+    event_keys: list[str] = []
+    crops: list[bytes] = []
+    rows: list[list[Any]] = []
+    expire_slack = retention_ms + EXPIRY_SLACK_MS
+    for event in events:
+        if event.station != station:
+            raise ValueError(f"one call stores one station: {event.station!r} != {station!r}")
+        captured = event.captured_at_ms
+        hour = captured // HOUR_MS
+        h = hours.get(hour)
+        if h is None:
+            h = hours[hour] = len(hours) + 1
+            hour_expire.append((hour + 1) * HOUR_MS + expire_slack)
+        per_class: dict[int, int] = {}
+        n_crops = 0
+        event_keys.append(event_key(station, event.event_id))
+        for i, d in enumerate(event.detections):
+            c = class_ids.get(d.class_name)
+            if c is None:
+                c = class_ids[d.class_name] = len(class_ids) + 1
+            per_class[c] = per_class.get(c, 0) + 1
+            if d.crop_jpeg:
+                n_crops += 1
+                event_keys.append(crop_key(station, event.event_id, i))
+                crops.append(d.crop_jpeg)
+        fields = event_fields(event, received_at_ms=now_ms)
+        n_detections = len(event.detections)
+        rows.append(
+            [
+                event.event_id,
+                captured,
+                captured + expire_slack,
+                h,
+                frame_count(event),
+                1 if n_detections else 0,
+                n_detections,
+                [x for item in per_class.items() for x in item],
+                n_crops,
+                [x for item in fields.items() for x in item],
+            ]
+        )
     keys = [
-        event_key(station, event_id),
         index_key(station),
-        counter_key(station, hour_of(captured)),
         classes_key(station),
-        *(class_index_key(station, c) for c in classes),
-        *(crop_key(station, event_id, i) for i, _ in crops),
+        *(counter_key(station, hour_of(hour * HOUR_MS)) for hour in hours),
+        *(class_index_key(station, name) for name in class_ids),
+        *event_keys,
     ]
     args: list[str | bytes | int] = [
-        event_id,
-        captured,
-        captured + retention_ms + EXPIRY_SLACK_MS,
-        hour_end + retention_ms + EXPIRY_SLACK_MS,
+        len(hours),
+        len(class_ids),
         now_ms - retention_ms,
-        frame_count(event),
-        1 if event.detections else 0,
-        len(event.detections),
-        len(classes),
-        len(crops),
-        len(flat),
-        *flat,
-        *(x for c in classes for x in (c, per_class[c])),
-        *(data for _, data in crops),
+        json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+        *hour_expire,
+        *class_ids,
+        *crops,
     ]
     return IngestCall(keys=keys, args=args)

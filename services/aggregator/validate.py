@@ -78,7 +78,7 @@ class Limits:
 
 
 def _printable(text: str) -> bool:
-    return all(ch.isprintable() for ch in text)
+    return text.isprintable()  # every character printable ("" too), in C
 
 
 def validate_event(
@@ -144,16 +144,20 @@ def _detection_rejection(
     if det.crop_jpeg and not det.crop_jpeg.startswith(JPEG_MAGIC):
         return Rejection(R.MALFORMED, f"detection {i}: crop_jpeg is not a JPEG")
     b, w, h, tol = det.box, event.image_width, event.image_height, BOX_TOLERANCE_PX
+    x1, y1, x2, y2 = b.x1, b.y1, b.x2, b.y2
+    finite = math.isfinite
     inside = (
-        all(math.isfinite(v) for v in (b.x1, b.y1, b.x2, b.y2))
-        and -tol <= b.x1 <= b.x2 <= w + tol
-        and -tol <= b.y1 <= b.y2 <= h + tol
+        finite(x1)
+        and finite(y1)
+        and finite(x2)
+        and finite(y2)
+        and -tol <= x1 <= x2 <= w + tol
+        and -tol <= y1 <= y2 <= h + tol
     )
     if not inside:
         return Rejection(
             R.BOX_OUTSIDE_IMAGE,
-            f"detection {i}: box ({b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}) "
-            f"not within the {w}x{h} image",
+            f"detection {i}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) not within the {w}x{h} image",
         )
     if not 0.0 <= det.score <= 1.0:  # False for NaN too
         return Rejection(R.SCORE_OUT_OF_RANGE, f"detection {i}: score {det.score:g}")

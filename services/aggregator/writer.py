@@ -1,23 +1,38 @@
 """Writes validated events into Redis with ``ingest.lua``, and sweeps retention.
 
 A batch is one non-transactional pipeline: a SADD of the station into ``stations`` and one
-script call per event. Each call is atomic on its own (store + index + count, or report a
-duplicate), so nothing is gained by wrapping the batch in MULTI, and an interrupted
-pipeline leaves only whole events behind: the unacked batch is resent and its stored
-events come back as duplicates.
+script call per slice of up to :data:`EVENTS_PER_CALL` events (all of one station, so one
+cluster slot). Each call is atomic on its own (every event of it stored + indexed +
+counted, or reported as a duplicate), so nothing is gained by wrapping the batch in MULTI,
+and an interrupted pipeline leaves only whole events behind: the unacked batch is resent
+and its stored events come back as duplicates.
+
+Why per slice and not per event: the script's fixed cost (the call, the index trims and
+expiries, the counters) is paid once per slice, and one call's arguments are a few keys
+and one JSON string per event instead of ~30 arguments that redis-py encodes one by one
+in Python (see ``bench_ingest.py`` in BENCHMARKS.md). The slice bound keeps one call short
+(Redis runs nothing else meanwhile).
+
+The pipeline sends EVALSHA of the script's digest; only when Redis answers NOSCRIPT (a
+restarted or flushed script cache) is the script loaded and the calls that got that
+answer sent again. (redis-py's Script objects would instead ask SCRIPT EXISTS before
+every pipeline: one more round trip per batch.)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from services.aggregator import schema
 from slimspect.v1 import inspection_pb2
 
 INGEST_LUA = resources.files("services.aggregator").joinpath("ingest.lua").read_text()
+EVENTS_PER_CALL = 500
 
 
 class IngestWriter:
@@ -26,7 +41,7 @@ class IngestWriter:
     def __init__(self, redis: aioredis.Redis, *, retention_ms: int) -> None:
         self._redis = redis
         self._retention_ms = retention_ms
-        self._ingest = redis.register_script(INGEST_LUA)
+        self._sha = hashlib.sha1(INGEST_LUA.encode()).hexdigest()
 
     async def write(
         self,
@@ -42,13 +57,39 @@ class IngestWriter:
         """
         if not events:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(schema.STATIONS_KEY, station)
-            for event in events:
-                call = schema.ingest_call(event, now_ms=now_ms, retention_ms=self._retention_ms)
-                await self._ingest(keys=call.keys, args=call.args, client=pipe)
-            results = await pipe.execute()
-        return [int(r) == 1 for r in results[1:]]
+        calls = [
+            schema.ingest_call(
+                events[start : start + EVENTS_PER_CALL],
+                now_ms=now_ms,
+                retention_ms=self._retention_ms,
+            )
+            for start in range(0, len(events), EVENTS_PER_CALL)
+        ]
+        replies: list[list[int] | None] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        loaded = False
+        while pending:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(schema.STATIONS_KEY, station)
+                for i in pending:
+                    call = calls[i]
+                    pipe.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                results = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, result in zip(pending, results[1:], strict=True):
+                if isinstance(result, NoScriptError) and not loaded:
+                    missing.append(i)  # nothing of this call was written
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    replies[i] = result
+            if isinstance(results[0], Exception):
+                raise results[0]
+            if missing:
+                await self._redis.script_load(INGEST_LUA)
+                loaded = True
+            pending = missing
+        return [int(r) == 1 for stored in replies for r in stored or ()]
 
     async def sweep(self, *, now_ms: int) -> int:
         """Trims every station's time and class indexes below ``now - retention``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -185,47 +186,63 @@ def test_first_failure_wins_in_the_documented_order():
 # --- schema ------------------------------------------------------------------------------
 
 
-def test_every_key_of_one_event_is_in_one_cluster_slot():
-    event = ev(
+def test_every_key_of_one_call_is_in_one_cluster_slot():
+    one = ev(
         detections=[det(crop_jpeg=JPEG), det(class_id=0, class_name="crazing", crop_jpeg=JPEG)]
     )
-    call = schema.ingest_call(event, now_ms=NOW, retention_ms=86_400_000)
-    assert len(call.keys) == 4 + 2 + 2  # event, index, counters, class set, 2 classes, 2 crops
+    other = ev(event_id="e2", captured_at_ms=NOW - 4_000_000, detections=[])
+    call = schema.ingest_call([one, other], now_ms=NOW, retention_ms=86_400_000)
+    # index, class set, 2 hours, 2 classes, event + 2 crops, event
+    assert len(call.keys) == 2 + 2 + 2 + 3 + 1
     assert len({key_slot(k.encode()) for k in call.keys}) == 1
     assert all("{st:line1-st3}" in k for k in call.keys)
 
 
+def test_one_call_stores_one_station():
+    with pytest.raises(ValueError, match="one station"):
+        schema.ingest_call([ev(), ev(station="other")], now_ms=NOW, retention_ms=1000)
+
+
 def test_ingest_call_layout():
-    event = ev(detections=[det(), det(crop_jpeg=JPEG), det(class_id=5, class_name="scratches")])
-    call = schema.ingest_call(event, now_ms=NOW, retention_ms=1000)
-    assert call.keys[:4] == [
-        "ev:{st:line1-st3}:" + event.event_id,
+    first = ev(detections=[det(), det(crop_jpeg=JPEG), det(class_id=5, class_name="scratches")])
+    clean = ev(event_id="e2", detections=[], frame_count=7, captured_at_ms=NOW + 5)
+    call = schema.ingest_call([first, clean], now_ms=NOW, retention_ms=1000)
+    assert call.keys == [
         "idx:{st:line1-st3}",
-        "cnt:{st:line1-st3}:2024050111",
         "cls:{st:line1-st3}",
-    ]
-    assert call.keys[4:] == [
+        "cnt:{st:line1-st3}:2024050111",
+        "cnt:{st:line1-st3}:2024050112",
         "idx:{st:line1-st3}:cls:pitted",
         "idx:{st:line1-st3}:cls:scratches",
-        "crop:{st:line1-st3}:" + event.event_id + ":1",
+        "ev:{st:line1-st3}:" + first.event_id,
+        "crop:{st:line1-st3}:" + first.event_id + ":1",
+        "ev:{st:line1-st3}:e2",
     ]
     a = call.args
-    captured = event.captured_at_ms
-    assert a[:11] == [
-        event.event_id,
-        captured,
-        captured + 1000 + schema.EXPIRY_SLACK_MS,
-        1_714_564_800_000 + 1000 + schema.EXPIRY_SLACK_MS,  # end of hour 11
+    slack = 1000 + schema.EXPIRY_SLACK_MS
+    assert a[:3] == [2, 2, NOW - 1000]  # hours, classes, trim below
+    assert a[4:] == [
+        NOW + slack,  # end of hour 11
+        NOW + schema.HOUR_MS + slack,  # end of hour 12
+        "pitted",
+        "scratches",
+        JPEG,
+    ]
+    rows = json.loads(a[3])
+    fields = schema.event_fields(first, received_at_ms=NOW)
+    assert rows[0] == [
+        first.event_id,
         NOW - 1000,
+        NOW - 1000 + slack,
+        1,  # hour 11
         1,  # frames
         1,  # defect frames
         3,  # defects
-        2,  # classes
+        [1, 2, 2, 1],  # 2 x pitted, 1 x scratches
         1,  # crops
-        a[10],
+        [x for item in fields.items() for x in item],
     ]
-    n = a[10]
-    assert a[11 + n :] == ["pitted", 2, "scratches", 1, JPEG]
+    assert rows[1][:9] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0]
 
 
 def test_event_fields_round_trip_through_decode():
