@@ -280,3 +280,17 @@ class EventMaker:
             inference_ms=rng.uniform(20, 60),
             frame_count=1,
         )
+
+
+def add_event_options(p) -> None:
+    """The options both services benchmarks share: what the events carry, the private Redis."""
+    p.add_argument("--crop-share", type=float, default=0.3)
+    p.add_argument("--crop-bytes", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="redis-server setting for the private Redis (repeatable)",
+    )

@@ -50,6 +50,7 @@ from _machine import describe, loadavg
 from _services import (
     EventMaker,
     EventMix,
+    add_event_options,
     aggregator_processes,
     cpu_seconds,
     percentile,
@@ -368,16 +369,7 @@ def main() -> None:
         help="aggregator processes sharing the port (SO_REUSEPORT); the streams' connections "
         "are spread between them by the kernel",
     )
-    p.add_argument("--crop-share", type=float, default=0.3)
-    p.add_argument("--crop-bytes", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--redis-config",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="redis-server setting for the private Redis (repeatable)",
-    )
+    add_event_options(p)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 

@@ -47,6 +47,7 @@ from _services import (
     CLASSES,
     EventMaker,
     EventMix,
+    add_event_options,
     api_process,
     percentile,
     redis_server,
@@ -291,16 +292,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch", type=int, default=500, help="events per writer call (load)")
     p.add_argument("--load-procs", type=int, default=2)
-    p.add_argument("--crop-share", type=float, default=0.3)
-    p.add_argument("--crop-bytes", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--redis-config",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="redis-server setting for the private Redis (repeatable)",
-    )
+    add_event_options(p)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     sizes = sorted({int(x) for x in args.sizes.split(",") if x and int(x) < args.events})

@@ -7,18 +7,16 @@ failure prints one line (``Error: ...``) and exits 1, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 import redis.asyncio as aioredis
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from services.aggregator.auth import TokenStore, token_store
 from services.aggregator.settings import AggregatorSettings
+from services.cli_errors import fail_cleanly
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -27,22 +25,7 @@ def _settings(**overrides: Any) -> AggregatorSettings:
     return AggregatorSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ValidationError as exc:
-            errors = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise click.ClickException(f"invalid aggregator settings: {errors}") from None
-        except RedisError as exc:
-            raise click.ClickException(f"redis: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
+_fail_cleanly = fail_cleanly("aggregator settings")
 
 
 def _with_tokens(

@@ -9,18 +9,16 @@ token``. Every expected failure prints one line (``Error: ...``) and exits 1.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 import redis.asyncio as aioredis
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from services.api.keys import ROLE_NAMES, ApiKeyStore, Role
 from services.api.settings import ApiSettings
+from services.cli_errors import fail_cleanly
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -29,22 +27,7 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ValidationError as exc:
-            errors = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise click.ClickException(f"invalid settings: {errors}") from None
-        except RedisError as exc:
-            raise click.ClickException(f"redis: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
+_fail_cleanly = fail_cleanly("settings")
 
 
 def _with_keys(
