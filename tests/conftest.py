@@ -10,12 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from slimspect.embedded.s3 import SeaweedS3
 from slimspect.manifest import ModelManifest, manifest_for_file
 from slimspect.settings import StoreSettings
 from slimspect.signing import KeyPairFiles, generate_keypair
 from slimspect.store import ModelStore
+
+# Shared CI machines are noisy: a slow example is not a failing one (speed is measured in
+# benchmarks/, never in tests), so property tests have no per-example deadline.
+settings.register_profile("slimspect", deadline=None)
+settings.load_profile("slimspect")
 
 
 @pytest.fixture(scope="session")

@@ -55,12 +55,13 @@ Retention (``retention_days``, by capture time):
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from slimspect.v1 import inspection_pb2
 
@@ -73,6 +74,24 @@ TOKENS_KEY = "auth:tokens"
 # Counter fields of cnt:{st:S}:YYYYMMDDHH (plus "defects:<class>").
 FRAMES, DEFECT_FRAMES, DEFECTS = "frames", "defect_frames", "defects"
 CLASS_COUNTER_PREFIX = "defects:"
+
+# The fields of an ``ev:`` hash, as event_fields writes them: readers HMGET them in this
+# order (decode_event_values), which spares sending and decoding the field names.
+EVENT_FIELDS = (
+    "event_id",
+    "station",
+    "camera",
+    "captured_at_ms",
+    "received_at_ms",
+    "model_name",
+    "model_version",
+    "image_width",
+    "image_height",
+    "inference_ms",
+    "frame_count",
+    "n_detections",
+    "detections",
+)
 
 _INT_FIELDS = (
     "captured_at_ms",
@@ -123,9 +142,6 @@ def _f(value: float) -> float:
     return float(f"{value:.7g}")
 
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
 def _detection(d: inspection_pb2.Detection) -> dict[str, Any]:
     b = d.box
     return {
@@ -153,7 +169,7 @@ def event_fields(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) 
         "inference_ms": repr(_f(event.inference_ms)),
         "frame_count": str(frame_count(event)),
         "n_detections": str(len(detections)),
-        "detections": _COMPACT_JSON.encode(detections),
+        "detections": orjson.dumps(detections).decode(),
     }
 
 
@@ -169,8 +185,16 @@ def decode_event(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
             out[name] = int(out[name])
     if "inference_ms" in out:
         out["inference_ms"] = float(out["inference_ms"])
-    out["detections"] = json.loads(fields.get("detections", "[]"))
+    out["detections"] = orjson.loads(fields.get("detections", "[]"))
     return out
+
+
+def decode_event_values(values: Sequence[bytes | str | None]) -> dict[str, Any] | None:
+    """``HMGET ev:... *EVENT_FIELDS`` -> as :func:`decode_event`; None when the event is
+    gone (every value nil: it expired between the index read and this one)."""
+    if values[0] is None:
+        return None
+    return decode_event({k: v for k, v in zip(EVENT_FIELDS, values, strict=True) if v is not None})
 
 
 def frame_count(event: inspection_pb2.InspectionEvent) -> int:
@@ -261,7 +285,7 @@ def ingest_call(
         len(hours),
         len(class_ids),
         now_ms - retention_ms,
-        json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+        orjson.dumps(rows),
         *hour_expire,
         *class_ids,
         *crops,

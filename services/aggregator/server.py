@@ -24,17 +24,16 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from services.aggregator.auth import TokenStore, bearer_token, token_store
+from services.aggregator.auth import TokenStore, token_store
 from services.aggregator.metrics import Metrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.validate import Limits, validate_event
 from services.aggregator.writer import IngestWriter
-from slimspect.grpc_tls import server_credentials
+from services.grpc_server import GrpcService, authenticate_station, bind
 from slimspect.logs import configure_logging
 from slimspect.v1 import inspection_pb2, inspection_pb2_grpc
 
@@ -90,20 +89,9 @@ class IngestServicer(inspection_pb2_grpc.IngestServicer):
             log.info("stream closed", extra={"station": station})
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
-        token = bearer_token(context.invocation_metadata())
-        try:
-            station = await self._tokens.station_for(token) if token else None
-        except RedisError as exc:
-            log.warning("token lookup failed", extra={"error": str(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "token store unavailable")
-        if station is None:
-            self._metrics.auth_failures.inc()
-            log.warning("unauthenticated stream", extra={"peer": context.peer()})
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or unknown token (metadata 'authorization: Bearer <token>')",
-            )
-        return station
+        return await authenticate_station(
+            context, self._tokens, what="stream", on_refused=self._metrics.auth_failures.inc
+        )
 
     async def _next_batch(self, context: grpc.aio.ServicerContext) -> object:
         """The next batch, None when the client closed its side, _DRAINED on shutdown."""
@@ -184,8 +172,9 @@ class IngestServicer(inspection_pb2_grpc.IngestServicer):
         return ack
 
 
-class Aggregator:
-    """A built (not yet started) server with its health, ingest servicer and sweep task."""
+class Aggregator(GrpcService):
+    """A built (not yet started) server with its health, ingest servicer and the retention
+    sweep (at start, catching up after downtime, then every ``sweep_interval_s``)."""
 
     def __init__(
         self,
@@ -199,48 +188,29 @@ class Aggregator:
         sweep_interval_s: float,
         clock: Callable[[], float],
     ) -> None:
-        self.server = server
-        self.port = port
+        super().__init__(
+            server=server,
+            port=port,
+            health=health,
+            service_name=INGEST_SERVICE,
+            periodic=self._sweep,
+            interval_s=sweep_interval_s,
+            run_at_start=True,
+            before_stop=ingest.drain,  # every stream acks its batch and ends
+        )
         self.ingest = ingest
-        self.health = health
         self.writer = writer
         self.metrics = metrics
-        self._sweep_interval_s = sweep_interval_s
         self._clock = clock
-        self._sweeper: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        await self.server.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await self.health.set("", serving)
-        await self.health.set(INGEST_SERVICE, serving)
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="retention-sweep")
-
-    async def stop(self, grace: float | None) -> None:
-        """Graceful stop: NOT_SERVING, drain the streams, then stop within ``grace`` s."""
-        await self.health.enter_graceful_shutdown()
-        self.ingest.drain()
-        await self.server.stop(grace)
-        if self._sweeper is not None:
-            # The event ends the loop even if a client library swallows the cancellation.
-            self._stopping.set()
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-
-    async def _sweep_forever(self) -> None:
-        """Sweeps at start (catching up after downtime), then every ``sweep_interval_s``."""
-        while not self._stopping.is_set():
-            try:
-                removed = await self.writer.sweep(now_ms=int(self._clock() * 1000))
-                self.metrics.swept.inc(removed)
-                if removed:
-                    log.info("retention sweep", extra={"removed": removed})
-            except RedisError as exc:
-                log.warning("retention sweep failed", extra={"error": str(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._sweep_interval_s)
+    async def _sweep(self) -> None:
+        try:
+            removed = await self.writer.sweep(now_ms=int(self._clock() * 1000))
+            self.metrics.swept.inc(removed)
+            if removed:
+                log.info("retention sweep", extra={"removed": removed})
+        except RedisError as exc:
+            log.warning("retention sweep failed", extra={"error": str(exc)})
 
 
 def server_options(settings: AggregatorSettings) -> list[tuple[str, int]]:
@@ -281,18 +251,12 @@ def build_server(
         metrics=metrics,
         clock=clock,
     )
-    health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(options=server_options(settings))
-    inspection_pb2_grpc.add_IngestServicer_to_server(ingest, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (INGEST_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    server, health_servicer, port = bind(
+        INGEST_SERVICE,
+        lambda srv: inspection_pb2_grpc.add_IngestServicer_to_server(ingest, srv),
+        settings,
+        server_options(settings),
     )
-    address = f"{settings.host}:{settings.port}"
-    if settings.tls:
-        port = server.add_secure_port(address, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca))
-    else:
-        port = server.add_insecure_port(address)
     aggregator = Aggregator(
         server=server,
         port=port,

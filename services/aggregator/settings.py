@@ -29,24 +29,24 @@ SLIMSPECT_AGGREGATOR_LOG_LEVEL             DEBUG, INFO, WARNING, ERROR
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.server_settings import StationServerSettings
 
 KIB = 1024
 MIB = 1024 * KIB
 
 
-class AggregatorSettings(BaseSettings):
+class AggregatorSettings(StationServerSettings):
     """Everything the aggregator daemon and its ``token`` commands need."""
 
     model_config = SettingsConfigDict(
         env_prefix="SLIMSPECT_AGGREGATOR_", extra="forbid", frozen=True
     )
 
-    host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -61,13 +61,6 @@ class AggregatorSettings(BaseSettings):
         default=None, description="class names per model name, in class-id order"
     )
 
-    token_store: Literal["redis", "file"] = "redis"
-    token_file: Path | None = None
-
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0: no /metrics")
 
@@ -81,12 +74,6 @@ class AggregatorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> AggregatorSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("set both tls_cert and tls_key, or neither (plaintext)")
-        if self.tls_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_ca (mutual TLS) needs tls_cert and tls_key as well")
-        if self.token_store == "file" and self.token_file is None:
-            raise ValueError("token_store=file needs token_file")
         for model, names in (self.known_classes or {}).items():
             if not names or any(not n for n in names):
                 raise ValueError(f"known_classes[{model!r}] must list non-empty class names")
@@ -95,7 +82,3 @@ class AggregatorSettings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return int(self.retention_days * 86_400_000)
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None

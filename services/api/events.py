@@ -39,6 +39,7 @@ from services.api.cursor import Position
 
 # Greater than any event id (ids are printable; U+10FFFF is not), for "every member of a score".
 _TOP = "\U0010ffff"
+_MIN_CHUNK = 4
 _MAX_CHUNK = 1000
 
 
@@ -197,8 +198,11 @@ class DefectIndex:
             stations = await self.stations()
         keys = await self._index_keys(stations, query.class_name)
         min_score = str(query.from_ms) if query.from_ms is not None else "-inf"
+        # The first chunk of each stream: its share of the page (x2: an event with several
+        # classes is in several of a station's indexes; x4 with post-filters) plus a little,
+        # so that a query over 100+ indexes reads a few rows of each, not 16 of each.
         per_stream = (limit + 1) * (4 if query.post_filtered else 2) // max(len(keys), 1)
-        chunk = max(16, min(limit + 1, per_stream, _MAX_CHUNK))
+        chunk = max(_MIN_CHUNK, min(limit + 1, per_stream + 2, _MAX_CHUNK))
         streams = [
             _Stream(station=s, key=k, bound=_initial_bound(s, query, after), chunk=chunk)
             for s, k in keys
@@ -247,9 +251,9 @@ class DefectIndex:
     async def _fetch(self, positions: Iterable[Position]) -> list[dict[str, Any] | None]:
         pipe = self._redis.pipeline(transaction=False)
         for p in positions:
-            pipe.hgetall(schema.event_key(p.station, p.event_id))
-        # An index member whose event expired in between reads as an empty hash: skipped.
-        return [schema.decode_event(raw) if raw else None for raw in await pipe.execute()]
+            pipe.hmget(schema.event_key(p.station, p.event_id), schema.EVENT_FIELDS)
+        # An index member whose event expired in between reads as all nil: skipped (None).
+        return [schema.decode_event_values(values) for values in await pipe.execute()]
 
     async def event(self, station: str, event_id: str) -> dict[str, Any] | None:
         raw = await self._redis.hgetall(schema.event_key(station, event_id))

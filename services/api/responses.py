@@ -9,9 +9,21 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import quote
 
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from services.rollout.models import StationState
+
+
+def json_response(model: BaseModel) -> Response:
+    """``model`` as the response body, serialized once, by pydantic-core.
+
+    A route that returns an instance of its ``response_model`` has FastAPI validate it a
+    second time, then run it through ``jsonable_encoder`` and ``json.dumps``: for a page of
+    100 defects that was most of the route's own time. The route keeps ``response_model``
+    for the OpenAPI document.
+    """
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 class Problem(BaseModel):

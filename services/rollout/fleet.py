@@ -15,22 +15,19 @@ canary whose stations all fell silent is still rolled back or promoted.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import grpc
 import redis.asyncio as aioredis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 from redis.exceptions import RedisError
 
-from services.aggregator.auth import TokenStore, bearer_token, token_store
+from services.aggregator.auth import TokenStore, token_store
+from services.grpc_server import GrpcService, authenticate_station, bind
 from services.rollout.errors import InvalidHeartbeat
 from services.rollout.service import RolloutService, wall_ms
 from services.rollout.settings import RolloutSettings
-from slimspect.grpc_tls import server_credentials
 from slimspect.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger("slimspect.rollout.fleet")
@@ -68,25 +65,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         raise AssertionError("context.abort raises")  # pragma: no cover
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
-        token = bearer_token(context.invocation_metadata())
-        station: str | None = None
-        try:
-            station = await self._tokens.station_for(token) if token else None
-        except RedisError as exc:
-            log.warning("token lookup failed", extra={"error": str(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "token store unavailable")
-        if station is None:
-            log.warning("unauthenticated heartbeat", extra={"peer": context.peer()})
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or unknown token (metadata 'authorization: Bearer <token>')",
-            )
-        assert station is not None
-        return station
+        return await authenticate_station(context, self._tokens, what="heartbeat")
 
 
-class FleetServer:
-    """A built (not yet started) Fleet server with its health servicer and sweep task."""
+class FleetServer(GrpcService):
+    """A built (not yet started) Fleet server with its health servicer and the rollout
+    sweep (every ``sweep_interval_s``; 0: none)."""
 
     def __init__(
         self,
@@ -97,47 +81,26 @@ class FleetServer:
         health: health.aio.HealthServicer,
         sweep_interval_s: float,
     ) -> None:
-        self.server = server
-        self.port = port
+        super().__init__(
+            server=server,
+            port=port,
+            health=health,
+            service_name=FLEET_SERVICE,
+            periodic=self._sweep,
+            interval_s=sweep_interval_s,
+        )
         self.service = service
-        self.health = health
-        self._sweep_interval_s = sweep_interval_s
-        self._sweeper: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
-    async def start(self) -> None:
-        await self.server.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await self.health.set("", serving)
-        await self.health.set(FLEET_SERVICE, serving)
-        if self._sweep_interval_s > 0:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="rollout-sweep")
-
-    async def stop(self, grace: float | None) -> None:
-        """Graceful stop: NOT_SERVING, then ``server.stop(grace)``, then the sweep task."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        if self._sweeper is not None:
-            self._stopping.set()
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-
-    async def _sweep_forever(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._sweep_interval_s)
-            if self._stopping.is_set():
-                return
-            try:
-                for progress in await self.service.sweep():
-                    if progress.rollout.final:
-                        log.info(
-                            "sweep decided",
-                            extra={"rollout": progress.rollout.id, "state": progress.rollout.state},
-                        )
-            except RedisError as exc:
-                log.warning("rollout sweep failed", extra={"error": str(exc)})
+    async def _sweep(self) -> None:
+        try:
+            for progress in await self.service.sweep():
+                if progress.rollout.final:
+                    log.info(
+                        "sweep decided",
+                        extra={"rollout": progress.rollout.id, "state": progress.rollout.state},
+                    )
+        except RedisError as exc:
+            log.warning("rollout sweep failed", extra={"error": str(exc)})
 
 
 def build_fleet_server(
@@ -156,20 +119,12 @@ def build_fleet_server(
     """
     service = service or RolloutService(redis, settings, now_ms=now_ms)
     servicer = FleetServicer(service=service, tokens=tokens or token_store(settings, redis))
-    health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", settings.max_message_bytes)]
+    server, health_servicer, port = bind(
+        FLEET_SERVICE,
+        lambda srv: fleet_pb2_grpc.add_FleetServicer_to_server(servicer, srv),
+        settings,
+        [("grpc.max_receive_message_length", settings.max_message_bytes)],
     )
-    fleet_pb2_grpc.add_FleetServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (FLEET_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = f"{settings.host}:{settings.port}"
-    if settings.tls:
-        port = server.add_secure_port(address, server_credentials(settings.tls_cert, settings.tls_key, settings.tls_ca))
-    else:
-        port = server.add_insecure_port(address)
     fleet = FleetServer(
         server=server,
         port=port,

@@ -32,19 +32,17 @@ SLIMSPECT_ROLLOUT_TLS_CA                    client CA (PEM): mutual TLS, client 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from services.server_settings import StationServerSettings
 from slimspect.manifest import check_name
 
 KIB = 1024
 MIB = 1024 * KIB
 
 
-class RolloutSettings(BaseSettings):
+class RolloutSettings(StationServerSettings):
     """Everything the rollout service and its Fleet gRPC server need."""
 
     model_config = SettingsConfigDict(env_prefix="SLIMSPECT_ROLLOUT_", extra="forbid", frozen=True)
@@ -69,25 +67,11 @@ class RolloutSettings(BaseSettings):
     audit_maxlen: int = Field(default=10_000, ge=100)
     sweep_interval_s: float = Field(default=30.0, ge=0, description="0: no periodic sweep")
 
-    host: str = "127.0.0.1"
     port: int = Field(default=50052, ge=0, le=65535)
     max_message_bytes: int = Field(default=1 * MIB, ge=64 * KIB)
 
-    token_store: Literal["redis", "file"] = "redis"
-    token_file: Path | None = None
-
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("set both tls_cert and tls_key, or neither (plaintext)")
-        if self.tls_ca is not None and self.tls_cert is None:
-            raise ValueError("tls_ca (mutual TLS) needs tls_cert and tls_key as well")
-        if self.token_store == "file" and self.token_file is None:
-            raise ValueError("token_store=file needs token_file")
         if self.default_model is not None:
             check_name(self.default_model)
         return self
@@ -97,7 +81,3 @@ class RolloutSettings(BaseSettings):
         """Silence after which a station counts as offline."""
         seconds = self.stale_after_s or 3 * self.heartbeat_interval_s
         return int(seconds * 1000)
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None

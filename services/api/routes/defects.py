@@ -20,7 +20,7 @@ from services.api.context import Ctx
 from services.api.cursor import decode_cursor, encode_cursor
 from services.api.events import DefectQuery
 from services.api.params import STATION_PATTERN, TIME_HELP, parse_window
-from services.api.responses import Defect, DefectPageOut
+from services.api.responses import Defect, DefectPageOut, json_response
 from services.api.routes.common import errors
 from services.api.settings import ApiSettings
 
@@ -72,7 +72,7 @@ def build_router(settings: ApiSettings) -> APIRouter:
         cursor: Annotated[
             str | None, Query(max_length=512, description="next_cursor of the previous page")
         ] = None,
-    ) -> DefectPageOut:
+    ) -> Response:
         """Defects (events with >= 1 detection), newest first, one page at a time.
 
         Order: captured_at_ms, then station, then event_id, all descending. Follow
@@ -92,10 +92,12 @@ def build_router(settings: ApiSettings) -> APIRouter:
         after = decode_cursor(cursor) if cursor else None
         page = await ctx.index.page(query, limit=limit, after=after)
         ctx.metrics.defects_examined.inc(page.examined)
-        return DefectPageOut(
-            items=[Defect.from_event(e) for e in page.events],
-            next_cursor=encode_cursor(page.next_position) if page.next_position else None,
-            examined=page.examined,
+        return json_response(
+            DefectPageOut(
+                items=[Defect.from_event(e) for e in page.events],
+                next_cursor=encode_cursor(page.next_position) if page.next_position else None,
+                examined=page.examined,
+            )
         )
 
     # Before the event route: its {event_id:path} would swallow ".../crops/0".
@@ -130,11 +132,11 @@ def build_router(settings: ApiSettings) -> APIRouter:
         ctx: Ctx,
         station: Annotated[str, Path(pattern=STATION_PATTERN)],
         event_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
-    ) -> Defect:
+    ) -> Response:
         """One event of a station (clean frames included), with its detections."""
         event = await ctx.index.event(station, event_id)
         if event is None:
             raise HTTPException(404, f"no event {event_id!r} at station {station!r}")
-        return Defect.from_event(event)
+        return json_response(Defect.from_event(event))
 
     return router

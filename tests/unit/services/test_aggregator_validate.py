@@ -262,6 +262,18 @@ def test_event_fields_round_trip_through_decode():
     ]
 
 
+def test_event_values_read_in_field_order_decode_like_the_hash():
+    """Readers HMGET EVENT_FIELDS: they must be exactly what event_fields writes."""
+    event = ev(detections=[det(score=0.5, class_name="pitted \u00e9")], inference_ms=3.5)
+    fields = schema.event_fields(event, received_at_ms=NOW)
+    assert tuple(fields) == schema.EVENT_FIELDS
+    values = [fields[k].encode() for k in schema.EVENT_FIELDS]
+    assert schema.decode_event_values(values) == schema.decode_event(fields)
+    assert schema.decode_event_values([None] * len(schema.EVENT_FIELDS)) is None
+    values[schema.EVENT_FIELDS.index("frame_count")] = None  # an older writer's hash
+    assert "frame_count" not in schema.decode_event_values(values)
+
+
 def test_hour_keys_are_utc():
     assert schema.hour_of(NOW) == "2024050112"
     assert schema.hour_of(NOW - 1) == "2024050111"

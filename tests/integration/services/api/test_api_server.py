@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,29 @@ from slimspect.v1 import fleet_pb2_grpc
 
 pytestmark = pytest.mark.timeout(180)
 WIDE = {"COLUMNS": "200"}  # rich tables: wide enough for full station names
+
+
+def test_accepted_connections_have_nagle_off(api: Api) -> None:
+    """With Nagle on, a response written in two parts waits for the client's delayed ACK
+    (40 ms on Linux): the query benchmark's p99 was ~80 ms until _listen fixed it."""
+
+    async def main() -> list[int]:
+        server = await start_http(create_app(api.ctx), "127.0.0.1", 0)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+                assert (await http.get("/healthz")).status_code == 200
+                # the keep-alive connection is still open: look at the server's end of it
+                return [
+                    conn.transport.get_extra_info("socket").getsockopt(
+                        socket.IPPROTO_TCP, socket.TCP_NODELAY
+                    )
+                    for conn in server.server.server_state.connections
+                ]
+        finally:
+            await server.stop()
+
+    flags = run_async(main())
+    assert flags and all(flags), flags
 
 
 def test_real_uvicorn_serves_the_api_and_counts_requests(api: Api) -> None:
