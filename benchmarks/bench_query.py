@@ -153,7 +153,7 @@ def used_memory(client: redis.Redis) -> int:
 
 def memory_parts(client: redis.Redis, n_stations: int, events: int, sample: int = 20) -> dict:
     """Where the bytes of an event go (``MEMORY USAGE``; key names and their entries
-    included, the expiry table not): its hash (mean of a sample, with the encoding Redis
+    included, the expiry table not): its value (mean of a sample, with the encoding Redis
     chose), its crop keys, and its share of the time indexes (all of them, exactly)."""
     ev_bytes, crop_bytes, encodings = [], [], set()
     index_total = 0
@@ -165,7 +165,8 @@ def memory_parts(client: redis.Redis, n_stations: int, events: int, sample: int 
             key = schema.event_key(station, event_id)
             ev_bytes.append(client.memory_usage(key, samples=0) or 0)
             encodings.add(client.object("encoding", key).decode())
-            detections = json.loads(client.hget(key, "detections") or b"[]")
+            raw = client.get(key)
+            detections = schema.decode_event(raw)["detections"] if raw else []
             for i, d in enumerate(detections):
                 if d["crop"]:
                     crops_seen += 1
@@ -179,8 +180,8 @@ def memory_parts(client: redis.Redis, n_stations: int, events: int, sample: int 
         index_total += sum(client.memory_usage(k, samples=0) or 0 for k in indexes)
     n = max(len(ev_bytes), 1)
     return {
-        "event_hash": round(sum(ev_bytes) / n),
-        "event_hash_encoding": sorted(encodings),
+        "event_value": round(sum(ev_bytes) / n),
+        "event_value_encoding": sorted(encodings),
         "crop_keys": round(sum(crop_bytes) / n),
         "crop_key_each": round(sum(crop_bytes) / max(crops_seen, 1)),
         "indexes": round(index_total / events),

@@ -7,7 +7,7 @@
 -- The shebang makes Redis refuse the whole script up front when out of memory, and no
 -- command below can fail on keys of the schema's types, so a call writes all or nothing.
 --
--- Per event: EXISTS, HSET, PEXPIREAT, one SET per crop. Per batch: what the stored events
+-- Per event: SET NX PXAT (the dedupe check, the write and the expiry), one SET per crop. Per batch: what the stored events
 -- add to the indexes (one ZADD per index), the counters (one HINCRBY per field and hour),
 -- the class set, the trims and the expiries. The effect is the same as storing the
 -- events one by one; the shared keys are just written once per batch, not once per event.
@@ -19,7 +19,7 @@ local trim_below = '(' .. ARGV[3]
 local events = cjson.decode(ARGV[4])
 local hour_expire = 4             -- ARGV[hour_expire + h]: counters h expire at
 local class_name = 4 + n_hours    -- ARGV[class_name + c]: name of class c
-local crop_arg = 4 + n_hours + n_classes
+local value_arg = 4 + n_hours + n_classes  -- ARGV[a + 1]: an event's value, then its crops
 local cnt_key = 2                 -- KEYS[cnt_key + h]
 local class_key = 2 + n_hours     -- KEYS[class_key + c]
 local event_key = 2 + n_hours + n_classes
@@ -45,22 +45,20 @@ local counts = {}                 -- per hour: {frames, defect_frames, defects, 
 local any_stored = false
 local max_expire = 0
 local k = event_key
-local a = crop_arg
+local a = value_arg
 
 for i, e in ipairs(events) do
   -- e: event_id, captured_at_ms, expire_at, hour, frames, defect_frames, defects,
-  --    {class, count, ...}, crops, {field, value, ...}
-  local ev, n_crops = KEYS[k + 1], e[9]
-  if redis.call('EXISTS', ev) == 1 then
+  --    {class, count, ...}, crops
+  local ev, n_crops, expire_at = KEYS[k + 1], e[9], e[3]
+  if not redis.call('SET', ev, ARGV[a + 1], 'NX', 'PXAT', expire_at) then
     result[i] = 0
   else
     result[i] = 1
     any_stored = true
-    local event_id, captured, expire_at = e[1], e[2], e[3]
-    redis.call('HSET', ev, unpack(e[10]))
-    redis.call('PEXPIREAT', ev, expire_at)
+    local event_id, captured = e[1], e[2]
     for j = 1, n_crops do
-      redis.call('SET', KEYS[k + 1 + j], ARGV[a + j], 'PXAT', expire_at)
+      redis.call('SET', KEYS[k + 1 + j], ARGV[a + 1 + j], 'PXAT', expire_at)
     end
     members[#members + 1] = captured
     members[#members + 1] = event_id
@@ -90,7 +88,7 @@ for i, e in ipairs(events) do
     end
   end
   k = k + 1 + n_crops
-  a = a + n_crops
+  a = a + 1 + n_crops
 end
 
 if any_stored then

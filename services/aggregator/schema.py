@@ -9,11 +9,12 @@ so no station can smuggle a ``{`` or ``}`` into the tag.
 
 Keys (``S`` station, ``E`` event_id, ``C`` class name, ``i`` detection index)::
 
-    ev:{st:S}:E             HASH    the event; ALSO ITS DEDUPE KEY (see below). Fields:
+    ev:{st:S}:E             STRING  the event; ALSO ITS DEDUPE KEY (see below). A JSON
+                                    array of the values of EVENT_FIELDS, in that order:
                                     event_id station camera captured_at_ms received_at_ms
                                     model_name model_version image_width image_height
-                                    inference_ms frame_count n_detections, and detections:
-                                    a JSON list of {"box": [x1, y1, x2, y2], "score",
+                                    inference_ms frame_count n_detections detections, the
+                                    last a list of {"box": [x1, y1, x2, y2], "score",
                                     "class_id", "class_name", "crop": bool}
     crop:{st:S}:E:i         STRING  the JPEG crop of detection i (bytes), only where sent
     idx:{st:S}              ZSET    time index: member E, score captured_at_ms
@@ -35,9 +36,15 @@ Other packages' keys on the same Redis, named here so that nothing collides:
 ``auth:api-keys`` (HTTP API keys, services/api/keys.py) and ``{fleet}:*`` (fleet state,
 rollouts and their audit log, services/rollout/keys.py).
 
-Dedupe: the event key is the dedupe key. The script stores an event only when
-``ev:{st:S}:E`` does not exist, in the same atomic step as every other write, so a resent
-event is acknowledged as a duplicate and counted once. event_id is unique per station
+Dedupe: the event key is the dedupe key. The script stores an event with ``SET ... NX``
+(only when ``ev:{st:S}:E`` does not exist), in the same atomic step as every other write,
+so a resent event is acknowledged as a duplicate and counted once.
+
+Why one string and not a hash of fields: one ``SET NX PXAT`` is the dedupe check, the write
+and the expiry in one command (a hash took EXISTS, HSET of 13 fields and PEXPIREAT), the
+script gets the value as an argument it does not parse, readers fetch one value per event
+(a pipeline of GETs) and decode it with one ``orjson.loads``, and no field name is stored
+per event. Measured with ``benchmarks/bench_ingest.py`` and ``bench_query.py``. event_id is unique per station
 (two stations may reuse an id).
 
 Retention (``retention_days``, by capture time):
@@ -75,8 +82,7 @@ TOKENS_KEY = "auth:tokens"
 FRAMES, DEFECT_FRAMES, DEFECTS = "frames", "defect_frames", "defects"
 CLASS_COUNTER_PREFIX = "defects:"
 
-# The fields of an ``ev:`` hash, as event_fields writes them: readers HMGET them in this
-# order (decode_event_values), which spares sending and decoding the field names.
+# The fields of an event, in the order of its stored JSON array (event_value, decode_event).
 EVENT_FIELDS = (
     "event_id",
     "station",
@@ -91,15 +97,6 @@ EVENT_FIELDS = (
     "frame_count",
     "n_detections",
     "detections",
-)
-
-_INT_FIELDS = (
-    "captured_at_ms",
-    "received_at_ms",
-    "image_width",
-    "image_height",
-    "frame_count",
-    "n_detections",
 )
 
 
@@ -137,64 +134,55 @@ def counter_key(station: str, hour: str) -> str:
     return f"cnt:{tag(station)}:{hour}"
 
 
-def _f(value: float) -> float:
-    """A float32 wire value as the shortest decimal that round-trips (0.875, not 0.8750000...)."""
-    return float(f"{value:.7g}")
+# Stored precision of the float32 wire values (about 7 significant digits): boxes to
+# 1/1000 px, scores to 1e-6, the inference time to 1/1000 ms. Rounding makes them short
+# decimals (0.9, not 0.8999999761581421) at half the cost of formatting each to 7
+# significant digits, which was a sixth of the aggregator's time per event.
+BOX_DECIMALS, SCORE_DECIMALS, MS_DECIMALS = 3, 6, 3
 
 
 def _detection(d: inspection_pb2.Detection) -> dict[str, Any]:
     b = d.box
     return {
-        "box": [_f(b.x1), _f(b.y1), _f(b.x2), _f(b.y2)],
-        "score": _f(d.score),
+        "box": [
+            round(b.x1, BOX_DECIMALS),
+            round(b.y1, BOX_DECIMALS),
+            round(b.x2, BOX_DECIMALS),
+            round(b.y2, BOX_DECIMALS),
+        ],
+        "score": round(d.score, SCORE_DECIMALS),
         "class_id": d.class_id,
         "class_name": d.class_name,
         "crop": bool(d.crop_jpeg),
     }
 
 
-def event_fields(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) -> dict[str, str]:
-    """The ``ev:`` hash of a validated event (crops are stored under their own keys)."""
+def event_value(event: inspection_pb2.InspectionEvent, *, received_at_ms: int) -> bytes:
+    """The stored value of a validated event: a JSON array in :data:`EVENT_FIELDS` order
+    (crops are stored under their own keys)."""
     detections = [_detection(d) for d in event.detections]
-    return {
-        "event_id": event.event_id,
-        "station": event.station,
-        "camera": event.camera,
-        "captured_at_ms": str(event.captured_at_ms),
-        "received_at_ms": str(received_at_ms),
-        "model_name": event.model_name,
-        "model_version": event.model_version,
-        "image_width": str(event.image_width),
-        "image_height": str(event.image_height),
-        "inference_ms": repr(_f(event.inference_ms)),
-        "frame_count": str(frame_count(event)),
-        "n_detections": str(len(detections)),
-        "detections": orjson.dumps(detections).decode(),
-    }
+    return orjson.dumps(
+        [
+            event.event_id,
+            event.station,
+            event.camera,
+            event.captured_at_ms,
+            received_at_ms,
+            event.model_name,
+            event.model_version,
+            event.image_width,
+            event.image_height,
+            round(event.inference_ms, MS_DECIMALS),
+            frame_count(event),
+            len(detections),
+            detections,
+        ]
+    )
 
 
-def decode_event(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
-    """An ``ev:`` hash as read from Redis -> typed dict (ints, float, detections list)."""
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    out: dict[str, Any] = dict(fields)
-    for name in _INT_FIELDS:
-        if name in out:
-            out[name] = int(out[name])
-    if "inference_ms" in out:
-        out["inference_ms"] = float(out["inference_ms"])
-    out["detections"] = orjson.loads(fields.get("detections", "[]"))
-    return out
-
-
-def decode_event_values(values: Sequence[bytes | str | None]) -> dict[str, Any] | None:
-    """``HMGET ev:... *EVENT_FIELDS`` -> as :func:`decode_event`; None when the event is
-    gone (every value nil: it expired between the index read and this one)."""
-    if values[0] is None:
-        return None
-    return decode_event({k: v for k, v in zip(EVENT_FIELDS, values, strict=True) if v is not None})
+def decode_event(raw: bytes | str) -> dict[str, Any]:
+    """A stored event (the value of its ``ev:`` key) -> a dict keyed by EVENT_FIELDS."""
+    return dict(zip(EVENT_FIELDS, orjson.loads(raw), strict=True))
 
 
 def frame_count(event: inspection_pb2.InspectionEvent) -> int:
@@ -209,14 +197,14 @@ class IngestCall:
     KEYS: 1 station index, 2 class set, then H hourly counter keys (the distinct hours of
     the batch), then C class indexes (its distinct classes), then per event its event key
     followed by its crop keys.
-    ARGV: 1 H, 2 C, 3 trim indexes below this score, 4 the events as one JSON array (below),
-    then the H counters' expire-at ms, then the C class names, then the crops (bytes) in
-    the order of their keys.
-    Each event of the JSON array: ``[event_id, captured_at_ms, expire-at ms of the event,
-    its crops and the indexes it enters, hour (1-based, of KEYS' counters), frames,
-    defect_frames, defects, [class (1-based), detections of it, ...], crops, [hash field,
-    value, ...]]``. One JSON argument instead of ~30 per event keeps the call cheap to
-    send (redis-py encodes every argument in Python) and to read (cjson, in C).
+    ARGV: 1 H, 2 C, 3 trim indexes below this score, 4 the events' bookkeeping as one JSON
+    array (below), then the H counters' expire-at ms, then the C class names, then per
+    event its stored value (:func:`event_value`) followed by its crops (bytes), in the
+    order of their keys.
+    Each event's bookkeeping: ``[event_id, captured_at_ms, expire-at ms of the event, its
+    crops and the indexes it enters, hour (1-based, of KEYS' counters), frames,
+    defect_frames, defects, [class (1-based), detections of it, ...], crops]``. The script
+    parses only this small array (cjson, in C); the values pass through as they are.
     """
 
     keys: list[str]
@@ -234,7 +222,7 @@ def ingest_call(
     hour_expire: list[int] = []
     class_ids: dict[str, int] = {}
     event_keys: list[str] = []
-    crops: list[bytes] = []
+    values: list[bytes] = []  # per event: its value, then its crops
     rows: list[list[Any]] = []
     expire_slack = retention_ms + EXPIRY_SLACK_MS
     for event in events:
@@ -249,6 +237,7 @@ def ingest_call(
         per_class: dict[int, int] = {}
         n_crops = 0
         event_keys.append(event_key(station, event.event_id))
+        values.append(event_value(event, received_at_ms=now_ms))
         for i, d in enumerate(event.detections):
             c = class_ids.get(d.class_name)
             if c is None:
@@ -257,8 +246,7 @@ def ingest_call(
             if d.crop_jpeg:
                 n_crops += 1
                 event_keys.append(crop_key(station, event.event_id, i))
-                crops.append(d.crop_jpeg)
-        fields = event_fields(event, received_at_ms=now_ms)
+                values.append(d.crop_jpeg)
         n_detections = len(event.detections)
         rows.append(
             [
@@ -271,7 +259,6 @@ def ingest_call(
                 n_detections,
                 [x for item in per_class.items() for x in item],
                 n_crops,
-                [x for item in fields.items() for x in item],
             ]
         )
     keys = [
@@ -288,6 +275,6 @@ def ingest_call(
         orjson.dumps(rows),
         *hour_expire,
         *class_ids,
-        *crops,
+        *values,
     ]
     return IngestCall(keys=keys, args=args)

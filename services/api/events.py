@@ -198,11 +198,12 @@ class DefectIndex:
             stations = await self.stations()
         keys = await self._index_keys(stations, query.class_name)
         min_score = str(query.from_ms) if query.from_ms is not None else "-inf"
-        # The first chunk of each stream: its share of the page (x2: an event with several
-        # classes is in several of a station's indexes; x4 with post-filters) plus a little,
-        # so that a query over 100+ indexes reads a few rows of each, not 16 of each.
+        # The first chunk of each stream: twice its share of the page (the share x2: an event
+        # with several classes is in several of a station's indexes; x4 with post-filters),
+        # so that few streams need a second read, and a query over 100+ indexes still reads
+        # a few rows of each, not 16.
         per_stream = (limit + 1) * (4 if query.post_filtered else 2) // max(len(keys), 1)
-        chunk = max(_MIN_CHUNK, min(limit + 1, per_stream + 2, _MAX_CHUNK))
+        chunk = max(_MIN_CHUNK, min(limit + 1, 2 * per_stream + 4, _MAX_CHUNK))
         streams = [
             _Stream(station=s, key=k, bound=_initial_bound(s, query, after), chunk=chunk)
             for s, k in keys
@@ -219,7 +220,10 @@ class DefectIndex:
                 stream = entry.stream
                 stream.buffer.popleft()
                 if not stream.buffer and not stream.exhausted:
-                    await self._fill([stream], min_score)
+                    # One round trip refills this stream and every other one about to run
+                    # dry: with 100+ streams, refilling one at a time cost a round trip each.
+                    low = [e.stream for e in heap if len(e.stream.buffer) <= 1]
+                    await self._fill([stream, *(s for s in low if not s.exhausted)], min_score)
                 if stream.buffer:
                     heapq.heappush(heap, _Entry(stream.head(), stream))
                 if heap and heap[0].position == entry.position:
@@ -251,12 +255,12 @@ class DefectIndex:
     async def _fetch(self, positions: Iterable[Position]) -> list[dict[str, Any] | None]:
         pipe = self._redis.pipeline(transaction=False)
         for p in positions:
-            pipe.hmget(schema.event_key(p.station, p.event_id), schema.EVENT_FIELDS)
-        # An index member whose event expired in between reads as all nil: skipped (None).
-        return [schema.decode_event_values(values) for values in await pipe.execute()]
+            pipe.get(schema.event_key(p.station, p.event_id))
+        # An index member whose event expired in between reads as nil: skipped (None).
+        return [schema.decode_event(raw) if raw else None for raw in await pipe.execute()]
 
     async def event(self, station: str, event_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.hgetall(schema.event_key(station, event_id))
+        raw = await self._redis.get(schema.event_key(station, event_id))
         return schema.decode_event(raw) if raw else None
 
     async def crop(self, station: str, event_id: str, index: int) -> bytes | None:
@@ -271,6 +275,6 @@ class DefectIndex:
         found = [(s, _text(head[0])) for s, head in zip(stations, heads, strict=True) if head]
         pipe = self._redis.pipeline(transaction=False)
         for s, event_id in found:
-            pipe.hgetall(schema.event_key(s, event_id))
+            pipe.get(schema.event_key(s, event_id))
         raws = await pipe.execute()
         return {s: schema.decode_event(raw) for (s, _), raw in zip(found, raws, strict=True) if raw}

@@ -20,7 +20,7 @@ from services.api.context import Ctx
 from services.api.cursor import decode_cursor, encode_cursor
 from services.api.events import DefectQuery
 from services.api.params import STATION_PATTERN, TIME_HELP, parse_window
-from services.api.responses import Defect, DefectPageOut, json_response
+from services.api.responses import Defect, DefectPageOut, defect_body, json_response
 from services.api.routes.common import errors
 from services.api.settings import ApiSettings
 
@@ -93,11 +93,11 @@ def build_router(settings: ApiSettings) -> APIRouter:
         page = await ctx.index.page(query, limit=limit, after=after)
         ctx.metrics.defects_examined.inc(page.examined)
         return json_response(
-            DefectPageOut(
-                items=[Defect.from_event(e) for e in page.events],
-                next_cursor=encode_cursor(page.next_position) if page.next_position else None,
-                examined=page.examined,
-            )
+            {
+                "items": [defect_body(e) for e in page.events],
+                "next_cursor": encode_cursor(page.next_position) if page.next_position else None,
+                "examined": page.examined,
+            }
         )
 
     # Before the event route: its {event_id:path} would swallow ".../crops/0".
@@ -137,6 +137,6 @@ def build_router(settings: ApiSettings) -> APIRouter:
         event = await ctx.index.event(station, event_id)
         if event is None:
             raise HTTPException(404, f"no event {event_id!r} at station {station!r}")
-        return json_response(Defect.from_event(event))
+        return json_response(defect_body(event))
 
     return router

@@ -186,7 +186,7 @@ def stored_events(client: redis.Redis, station: str) -> list[dict[str, Any]]:
     ids = client.zrange(schema.index_key(station), 0, -1)
     events = []
     for event_id in ids:
-        raw = client.hgetall(schema.event_key(station, event_id.decode()))
+        raw = client.get(schema.event_key(station, event_id.decode()))
         if raw:
             events.append(schema.decode_event(raw))
     return sorted(events, key=lambda e: (e["captured_at_ms"], e["image_width"]))

@@ -226,10 +226,11 @@ def test_ingest_call_layout():
         NOW + schema.HOUR_MS + slack,  # end of hour 12
         "pitted",
         "scratches",
+        schema.event_value(first, received_at_ms=NOW),  # per event: its value, its crops
         JPEG,
+        schema.event_value(clean, received_at_ms=NOW),
     ]
     rows = json.loads(a[3])
-    fields = schema.event_fields(first, received_at_ms=NOW)
     assert rows[0] == [
         first.event_id,
         NOW - 1000,
@@ -240,17 +241,17 @@ def test_ingest_call_layout():
         3,  # defects
         [1, 2, 2, 1],  # 2 x pitted, 1 x scratches
         1,  # crops
-        [x for item in fields.items() for x in item],
     ]
-    assert rows[1][:9] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0]
+    assert rows[1] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0]
 
 
-def test_event_fields_round_trip_through_decode():
+def test_event_value_round_trips_through_decode():
     event = ev(detections=[det(score=0.875, crop_jpeg=JPEG)], frame_count=0, inference_ms=12.3)
-    fields = schema.event_fields(event, received_at_ms=NOW)
-    stored = schema.decode_event({k.encode(): v.encode() for k, v in fields.items()})
+    stored = schema.decode_event(schema.event_value(event, received_at_ms=NOW))
+    assert set(stored) == set(schema.EVENT_FIELDS)
+    assert stored["event_id"] == event.event_id and stored["station"] == event.station
     assert stored["frame_count"] == 1 and stored["received_at_ms"] == NOW
-    assert stored["inference_ms"] == 12.3
+    assert stored["inference_ms"] == 12.3 and stored["n_detections"] == 1
     assert stored["detections"] == [
         {
             "box": [10.0, 20.0, 110.0, 60.0],
@@ -262,16 +263,22 @@ def test_event_fields_round_trip_through_decode():
     ]
 
 
-def test_event_values_read_in_field_order_decode_like_the_hash():
-    """Readers HMGET EVENT_FIELDS: they must be exactly what event_fields writes."""
+def test_float32_wire_values_are_stored_as_short_decimals():
+    event = ev(detections=[det(score=0.9)], inference_ms=7.123456)
+    event.detections[0].box.x1 = 123.456789  # float32 on the wire: 123.45678710937500
+    stored = schema.decode_event(schema.event_value(event, received_at_ms=NOW))
+    d = stored["detections"][0]
+    assert d["score"] == 0.9 and d["box"][0] == 123.457  # not 0.8999999761581421
+    assert stored["inference_ms"] == 7.123
+
+
+def test_event_value_is_compact_utf8_and_refuses_a_short_array():
     event = ev(detections=[det(score=0.5, class_name="pitted \u00e9")], inference_ms=3.5)
-    fields = schema.event_fields(event, received_at_ms=NOW)
-    assert tuple(fields) == schema.EVENT_FIELDS
-    values = [fields[k].encode() for k in schema.EVENT_FIELDS]
-    assert schema.decode_event_values(values) == schema.decode_event(fields)
-    assert schema.decode_event_values([None] * len(schema.EVENT_FIELDS)) is None
-    values[schema.EVENT_FIELDS.index("frame_count")] = None  # an older writer's hash
-    assert "frame_count" not in schema.decode_event_values(values)
+    value = schema.event_value(event, received_at_ms=NOW)
+    assert "pitted \u00e9".encode() in value and b'"event_id"' not in value  # no field names
+    assert schema.decode_event(value.decode())["detections"][0]["class_name"] == "pitted \u00e9"
+    with pytest.raises(ValueError):
+        schema.decode_event(b'["e1", "line1-st3"]')  # not an event of this schema
 
 
 def test_hour_keys_are_utc():
