@@ -49,7 +49,7 @@ local a = value_arg
 
 for i, e in ipairs(events) do
   -- e: event_id, captured_at_ms, expire_at, hour, frames, defect_frames, defects,
-  --    {class, count, ...}, crops
+  --    {class, count, top score (text), ...}, crops
   local ev, n_crops, expire_at = KEYS[k + 1], e[9], e[3]
   if not redis.call('SET', ev, ARGV[a + 1], 'NX', 'PXAT', expire_at) then
     result[i] = 0
@@ -73,7 +73,7 @@ for i, e in ipairs(events) do
     c[2] = c[2] + e[6]
     c[3] = c[3] + e[7]
     local per_class = e[8]
-    for j = 1, #per_class, 2 do
+    for j = 1, #per_class, 3 do
       local cls, n = per_class[j], per_class[j + 1]
       c[cls + 3] = (c[cls + 3] or 0) + n
       local m = class_members[cls]
@@ -83,7 +83,7 @@ for i, e in ipairs(events) do
         class_expire[cls] = 0
       end
       m[#m + 1] = captured
-      m[#m + 1] = event_id
+      m[#m + 1] = event_id .. '\0' .. per_class[j + 2]  -- schema.class_member
       if expire_at > class_expire[cls] then class_expire[cls] = expire_at end
     end
   end

@@ -18,7 +18,10 @@ Keys (``S`` station, ``E`` event_id, ``C`` class name, ``i`` detection index)::
                                     "class_id", "class_name", "crop": bool}
     crop:{st:S}:E:i         STRING  the JPEG crop of detection i (bytes), only where sent
     idx:{st:S}              ZSET    time index: member E, score captured_at_ms
-    idx:{st:S}:cls:C        ZSET    per-class time index: events with >= 1 detection of C
+    idx:{st:S}:cls:C        ZSET    per-class time index: events with >= 1 detection of C;
+                                    member ``E \0 top``, top = the highest score of a
+                                    detection of C in the event (class_member), so the
+                                    API's min_score filter is served by the index
     cls:{st:S}              SET     class names seen at the station (to find the class indexes)
     cnt:{st:S}:YYYYMMDDHH   HASH    hourly counters (UTC hour of captured_at_ms):
                                     frames         += frame_count (clean summaries count
@@ -100,6 +103,35 @@ EVENT_FIELDS = (
 )
 
 
+# Stored precision of the float32 wire values (about 7 significant digits): boxes to
+# 1/1000 px, scores to 1e-6, the inference time to 1/1000 ms. Rounding makes them short
+# decimals (0.9, not 0.8999999761581421) at half the cost of formatting each to 7
+# significant digits, which was a sixth of the aggregator's time per event.
+BOX_DECIMALS, SCORE_DECIMALS, MS_DECIMALS = 3, 6, 3
+
+# Class index members: event id, NUL (never in an id: ids are printable), the top score.
+# Appending a suffix that starts with the lowest character keeps the members in the order
+# of their event ids, which is the order the API pages in.
+CLASS_MEMBER_SEP = "\x00"
+
+
+def class_member(event_id: str, top_score: float) -> str:
+    """The member of an event in a class index (ingest.lua builds the same string)."""
+    return f"{event_id}{CLASS_MEMBER_SEP}{score_text(top_score)}"
+
+
+def class_member_parts(member: str) -> tuple[str, float | None]:
+    """``(event_id, top score)`` of a class index member; the score is None for a member
+    written before class members carried it (a bare event id)."""
+    event_id, sep, top = member.partition(CLASS_MEMBER_SEP)
+    return event_id, float(top) if sep else None
+
+
+def score_text(score: float) -> str:
+    """A score as stored: rounded to SCORE_DECIMALS, the shortest decimal (0.9)."""
+    return repr(round(score, SCORE_DECIMALS))
+
+
 def tag(station: str) -> str:
     """The hash tag of a station's keys."""
     return "{st:" + station + "}"
@@ -132,13 +164,6 @@ def hour_of(ms: int) -> str:
 
 def counter_key(station: str, hour: str) -> str:
     return f"cnt:{tag(station)}:{hour}"
-
-
-# Stored precision of the float32 wire values (about 7 significant digits): boxes to
-# 1/1000 px, scores to 1e-6, the inference time to 1/1000 ms. Rounding makes them short
-# decimals (0.9, not 0.8999999761581421) at half the cost of formatting each to 7
-# significant digits, which was a sixth of the aggregator's time per event.
-BOX_DECIMALS, SCORE_DECIMALS, MS_DECIMALS = 3, 6, 3
 
 
 def _detection(d: inspection_pb2.Detection) -> dict[str, Any]:
@@ -203,7 +228,8 @@ class IngestCall:
     order of their keys.
     Each event's bookkeeping: ``[event_id, captured_at_ms, expire-at ms of the event, its
     crops and the indexes it enters, hour (1-based, of KEYS' counters), frames,
-    defect_frames, defects, [class (1-based), detections of it, ...], crops]``. The script
+    defect_frames, defects, [class (1-based), detections of it, top score of it (text), ...],
+    crops]``. The script
     parses only this small array (cjson, in C); the values pass through as they are.
     """
 
@@ -234,7 +260,7 @@ def ingest_call(
         if h is None:
             h = hours[hour] = len(hours) + 1
             hour_expire.append((hour + 1) * HOUR_MS + expire_slack)
-        per_class: dict[int, int] = {}
+        per_class: dict[int, list[Any]] = {}  # class -> [detections, top score]
         n_crops = 0
         event_keys.append(event_key(station, event.event_id))
         values.append(event_value(event, received_at_ms=now_ms))
@@ -242,7 +268,12 @@ def ingest_call(
             c = class_ids.get(d.class_name)
             if c is None:
                 c = class_ids[d.class_name] = len(class_ids) + 1
-            per_class[c] = per_class.get(c, 0) + 1
+            seen = per_class.get(c)
+            if seen is None:
+                per_class[c] = [1, d.score]
+            else:
+                seen[0] += 1
+                seen[1] = max(seen[1], d.score)
             if d.crop_jpeg:
                 n_crops += 1
                 event_keys.append(crop_key(station, event.event_id, i))
@@ -257,7 +288,7 @@ def ingest_call(
                 frame_count(event),
                 1 if n_detections else 0,
                 n_detections,
-                [x for item in per_class.items() for x in item],
+                [x for c, (n, top) in per_class.items() for x in (c, n, score_text(top))],
                 n_crops,
             ]
         )

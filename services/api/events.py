@@ -9,9 +9,12 @@ chunks, refilled on demand) and merges them in the total order of cursor.py,
 several indexes of its station; the merge meets its copies one after the other (same
 position) and keeps one. Clean frames are in no class index, so they cost nothing here.
 
-Filters the indexes serve (station, class, time window) bound the reads; the others
-(camera, min_score) are applied to the fetched events (HGETALLs, pipelined per batch)
-while the page is filled up to ``limit``. A rare filter could make one request read a
+Filters the indexes serve (station, class, time window) bound the reads. min_score is
+served by the index members too: a class index member is ``event id NUL top score`` (the
+highest score of a detection of that class in the event, schema.class_member), so an event
+below it is passed over without being read; the merge takes the highest of an event's
+copies when no class is given. camera is applied to the fetched events (one MGET per
+station, pipelined per batch) while the page is filled up to ``limit``. A rare filter could make one request read a
 whole index, so each request examines at most ``scan_budget`` events: then the page is
 returned shorter than ``limit`` with a cursor to go on from. Clients follow next_cursor
 until it is null; only then is the walk complete.
@@ -118,7 +121,7 @@ class _Stream:
 
     def head(self) -> Position:
         score, member = self.buffer[0]
-        return Position(score, self.station, member)
+        return Position(score, self.station, schema.class_member_parts(member)[0])
 
 
 @dataclass(frozen=True)
@@ -213,12 +216,16 @@ class DefectIndex:
         heap = [_Entry(s.head(), s) for s in streams if s.buffer]
         heapq.heapify(heap)
 
-        async def pop() -> Position | None:
-            """The next distinct position of the merge, or None when all are read."""
+        async def pop() -> tuple[Position, float | None] | None:
+            """The next distinct position of the merge and its top score (the highest of
+            the class indexes it was read from; None if one did not say), or None when
+            all are read."""
+            best: float | None = 0.0
             while heap:
                 entry = heapq.heappop(heap)
                 stream = entry.stream
-                stream.buffer.popleft()
+                _, top = schema.class_member_parts(stream.buffer.popleft()[1])
+                best = None if top is None or best is None else max(best, top)
                 if not stream.buffer and not stream.exhausted:
                     # One round trip refills this stream and every other one about to run
                     # dry: with 100+ streams, refilling one at a time cost a round trip each.
@@ -228,7 +235,7 @@ class DefectIndex:
                     heapq.heappush(heap, _Entry(stream.head(), stream))
                 if heap and heap[0].position == entry.position:
                     continue  # the same event from another class index: keep the last copy
-                return entry.position
+                return entry.position, best
             return None
 
         events: list[dict[str, Any]] = []
@@ -239,12 +246,22 @@ class DefectIndex:
         while len(events) < limit and examined < self._scan_budget:
             if not batch:
                 size = min(batch_size, self._scan_budget - examined)
-                positions: list[Position] = []
-                while len(positions) < size and (p := await pop()) is not None:
-                    positions.append(p)
-                if not positions:
+                need = limit - len(events)
+                # min_score is served by the indexes: an event whose top score (from its
+                # class index members) is below it is examined without being read.
+                popped: list[tuple[Position, bool]] = []
+                reads = 0
+                while len(popped) < size and (p := await pop()) is not None:
+                    position, top = p
+                    read = query.min_score is None or top is None or top >= query.min_score
+                    popped.append((position, read))
+                    reads += read
+                    if reads >= need and query.camera is None:
+                        break  # what is read matches: enough for the page
+                if not popped:
                     break
-                batch.extend(zip(positions, await self._fetch(positions), strict=True))
+                fetched = iter(await self._fetch([pos for pos, read in popped if read]))
+                batch.extend((pos, next(fetched) if read else None) for pos, read in popped)
             last, event = batch.popleft()
             examined += 1
             if event is not None and query.matches(event):
@@ -253,11 +270,22 @@ class DefectIndex:
         return DefectPage(events=events, next_position=last if more else None, examined=examined)
 
     async def _fetch(self, positions: Iterable[Position]) -> list[dict[str, Any] | None]:
+        # One MGET per station (its keys share a hash tag: one cluster slot), not one GET
+        # per event: redis-py packs every command in Python, which was most of the time of
+        # a min_score page (400 events read).
+        positions = list(positions)
+        by_station: dict[str, list[int]] = {}
+        for i, p in enumerate(positions):
+            by_station.setdefault(p.station, []).append(i)
         pipe = self._redis.pipeline(transaction=False)
-        for p in positions:
-            pipe.get(schema.event_key(p.station, p.event_id))
-        # An index member whose event expired in between reads as nil: skipped (None).
-        return [schema.decode_event(raw) if raw else None for raw in await pipe.execute()]
+        for station, indexes in by_station.items():
+            pipe.mget([schema.event_key(station, positions[i].event_id) for i in indexes])
+        events: list[dict[str, Any] | None] = [None] * len(positions)
+        for indexes, values in zip(by_station.values(), await pipe.execute(), strict=True):
+            for i, raw in zip(indexes, values, strict=True):
+                # An index member whose event expired in between reads as nil: skipped.
+                events[i] = schema.decode_event(raw) if raw else None
+        return events
 
     async def event(self, station: str, event_id: str) -> dict[str, Any] | None:
         raw = await self._redis.get(schema.event_key(station, event_id))

@@ -53,7 +53,7 @@ def check_invariants(client: redis.Redis, station: str) -> None:
     events = {k.rsplit(":", 1)[1] for k in keys_of(client, station, "ev")}
     assert index == events
     expected: Counter[str] = Counter()
-    per_class: dict[str, set[str]] = {}
+    per_class: dict[str, dict[str, float]] = {}  # class -> event id -> top score
     crops = set()
     for event_id in events:
         ev = schema.decode_event(client.get(schema.event_key(station, event_id)))
@@ -64,16 +64,17 @@ def check_invariants(client: redis.Redis, station: str) -> None:
         expected[schema.DEFECTS] += len(ev["detections"])
         for i, det in enumerate(ev["detections"]):
             expected[f"defects:{det['class_name']}"] += 1
-            per_class.setdefault(det["class_name"], set()).add(event_id)
+            members = per_class.setdefault(det["class_name"], {})
+            members[event_id] = max(members.get(event_id, 0.0), det["score"])
             if det["crop"]:
                 crops.add(schema.crop_key(station, event_id, i))
     counts = stored_counts(client, station)
     assert {k: v for k, v in counts.items() if k not in ("events", "indexed") and v} == {
         k: v for k, v in expected.items() if v
     }
-    for name, ids in per_class.items():
+    for name, tops in per_class.items():
         members = client.zrange(schema.class_index_key(station, name), 0, -1)
-        assert {m.decode() for m in members} == ids, name
+        assert dict(schema.class_member_parts(m.decode()) for m in members) == tops, name
     assert set(keys_of(client, station, "crop")) == crops
     assert {c.decode() for c in client.smembers(schema.classes_key(station))} == set(per_class)
     for key in keys_of(client, station):

@@ -204,7 +204,13 @@ def test_one_call_stores_one_station():
 
 
 def test_ingest_call_layout():
-    first = ev(detections=[det(), det(crop_jpeg=JPEG), det(class_id=5, class_name="scratches")])
+    first = ev(
+        detections=[
+            det(),
+            det(crop_jpeg=JPEG, score=0.96875),
+            det(class_id=5, class_name="scratches", score=0.5),
+        ]
+    )
     clean = ev(event_id="e2", detections=[], frame_count=7, captured_at_ms=NOW + 5)
     call = schema.ingest_call([first, clean], now_ms=NOW, retention_ms=1000)
     assert call.keys == [
@@ -239,7 +245,7 @@ def test_ingest_call_layout():
         1,  # frames
         1,  # defect frames
         3,  # defects
-        [1, 2, 2, 1],  # 2 x pitted, 1 x scratches
+        [1, 2, "0.96875", 2, 1, "0.5"],  # 2 x pitted (top 0.96875), 1 x scratches
         1,  # crops
     ]
     assert rows[1] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0]
@@ -279,6 +285,17 @@ def test_event_value_is_compact_utf8_and_refuses_a_short_array():
     assert schema.decode_event(value.decode())["detections"][0]["class_name"] == "pitted \u00e9"
     with pytest.raises(ValueError):
         schema.decode_event(b'["e1", "line1-st3"]')  # not an event of this schema
+
+
+def test_class_members_keep_the_order_of_event_ids_and_carry_the_top_score():
+    ids = ["a", "a b", "ab", "a~", "b", "\u00e9", "a\u00e9"]
+    members = [schema.class_member(i, 0.5) for i in ids]
+    assert sorted(members, key=str.encode) == [schema.class_member(i, 0.5) for i in sorted(ids)]
+    assert schema.class_member_parts(schema.class_member("e-1", 0.8999999761581421)) == (
+        "e-1",
+        0.9,
+    )
+    assert schema.class_member_parts("e-1") == ("e-1", None)  # a member without a score
 
 
 def test_hour_keys_are_utc():

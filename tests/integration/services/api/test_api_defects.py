@@ -4,6 +4,7 @@ with no gap and no repeat, checked against what the test sent (not against Redis
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis
 from aggregator_harness import JPEG, new_namespace, run_async
 from api_harness import (
     Api,
@@ -21,6 +23,8 @@ from api_harness import (
     send_through_aggregator,
     walk,
 )
+
+from services.aggregator import schema
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -182,6 +186,46 @@ def test_walk_is_stable_while_events_arrive_and_in_one_millisecond(scratch_url: 
     expected = sorted(first + behind, key=lambda e: e.key, reverse=True)
     assert (cursor_item["station"], cursor_item["captured_at_ms"]) == (b, base)
     assert keys_of(items) == [e.key for e in expected]
+
+
+def test_min_score_is_served_by_the_class_index_members(scratch_url: str) -> None:
+    """Class index members carry the event's top score of the class: the API filters
+    min_score on them without reading the events. Shown by events whose stored scores are
+    raised behind the index's back: one whose members say 0.3 stays out; one whose members
+    are bare ids (written before members carried a score) is read, and then matches."""
+    ns = new_namespace()
+    st = ns.station(0)
+    base = int(datetime.now(tz=UTC).timestamp() * 1000) - 1_000_000
+    events = [
+        Sent(st, f"e{i:03}", "cam0", base - i, ("scratches", "pitted"), (s, s / 2), False, 1)
+        for i, s in enumerate([0.95, 0.2, 0.3, 0.92, 0.1, 0.99, 0.4, 0.91])
+    ]
+    run_async(send_through_aggregator(scratch_url, ns, events))
+    client = redis.Redis.from_url(scratch_url)
+
+    def raise_scores(event_id: str) -> None:
+        key = schema.event_key(st, event_id)
+        stored = schema.decode_event(client.get(key))
+        for d in stored["detections"]:
+            d["score"] = 0.99
+        client.set(key, json.dumps([stored[f] for f in schema.EVENT_FIELDS]), keepttl=True)
+
+    legacy = events[1]
+    for name in legacy.classes:
+        key = schema.class_index_key(st, name)
+        client.zrem(key, schema.class_member(legacy.event_id, 0.2 if name == "scratches" else 0.1))
+        client.zadd(key, {legacy.event_id: legacy.captured_at_ms})
+    raise_scores("e001")
+    raise_scores("e002")
+
+    async def main() -> dict:
+        api = await make_api(scratch_url)
+        async with api.client(api.viewer) as http:
+            return (await http.get("/v1/defects", params={"min_score": 0.9})).json()
+
+    page = run_async(main())
+    assert [i["event_id"] for i in page["items"]] == ["e000", "e001", "e003", "e005", "e007"]
+    assert page["examined"] == len(events) and page["next_cursor"] is None
 
 
 def test_one_event_and_its_crops(api: Api, dataset: Dataset) -> None:
