@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 import yaml
 from agent_models import MODEL_NAME
-from aggregator_harness import REDIS_URL, Namespace
+from aggregator_harness import REDIS_URL, Namespace, Running, running
 
 from edge_agent.agent import Agent
 from edge_agent.aio import wait_first
@@ -137,6 +137,26 @@ def folder_camera(path: Path, camera: str = "scans", **fields: Any) -> dict[str,
         "settle_s": 0.05,
         **fields,
     }
+
+
+@asynccontextmanager
+async def aggregator_for_station(
+    ns: Namespace,
+    tmp_path: Path,
+    station: str,
+    store: StoreSettings,
+    **config: Any,
+) -> AsyncIterator[tuple[Running, dict[str, Any]]]:
+    """A running aggregator and the configuration (station_config) of ``station`` sending to
+    it with its own token; ``config``: station_config's other fields (cameras, ...)."""
+    async with running(ns) as agg:
+        token = await agg.token(station)
+        yield (
+            agg,
+            station_config(
+                tmp_path, station=station, token=token, uplink_port=agg.port, store=store, **config
+            ),
+        )
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from agent_harness import (
     agent_running,
+    aggregator_for_station,
     folder_camera,
     frame_indexes,
     free_port,
@@ -67,30 +68,29 @@ def test_video_and_folder_cameras_reach_redis_exactly_once(
     ]
 
     async def scenario():
-        async with running(ns) as agg:
-            token = await agg.token(station)
-            data = station_config(
+        async with (
+            aggregator_for_station(
+                ns,
                 tmp_path,
-                station=station,
-                token=token,
-                uplink_port=agg.port,
-                store=store_settings,
+                station,
+                store_settings,
                 cameras=cameras,
+            ) as (_agg, data),
+            agent_running(settings_of(data)) as agent,
+        ):
+            await wait_until(
+                lambda: len(stored_events(client, station)) >= 20, timeout=60, what="20 events"
             )
-            async with agent_running(settings_of(data)) as agent:
-                await wait_until(
-                    lambda: len(stored_events(client, station)) >= 20, timeout=60, what="20 events"
-                )
-                await wait_until(
-                    lambda: agent.spool.stats().depth == 0, timeout=20, what="an empty spool"
-                )
-                health = await asyncio.to_thread(
-                    http_get, f"http://127.0.0.1:{agent.http.port}/healthz"
-                )
-                metrics = await asyncio.to_thread(
-                    http_get, f"http://127.0.0.1:{agent.http.port}/metrics"
-                )
-                states = {c.camera: c.state for c in agent.status().cameras}
+            await wait_until(
+                lambda: agent.spool.stats().depth == 0, timeout=20, what="an empty spool"
+            )
+            health = await asyncio.to_thread(
+                http_get, f"http://127.0.0.1:{agent.http.port}/healthz"
+            )
+            metrics = await asyncio.to_thread(
+                http_get, f"http://127.0.0.1:{agent.http.port}/metrics"
+            )
+            states = {c.camera: c.state for c in agent.status().cameras}
         return health, metrics, states
 
     health, metrics, states = run_async(scenario())
@@ -141,41 +141,38 @@ def test_a_camera_that_dies_mid_run_stops_neither_the_agent_nor_the_others(
     ]
 
     async def scenario():
-        async with running(ns) as agg:
-            token = await agg.token(station)
-            data = station_config(
+        async with (
+            aggregator_for_station(
+                ns,
                 tmp_path,
-                station=station,
-                token=token,
-                uplink_port=agg.port,
-                store=store_settings,
+                station,
+                store_settings,
                 cameras=cameras,
+            ) as (_agg, data),
+            agent_running(settings_of(data)) as agent,
+        ):
+            dying = next(c for c in agent.cameras if c.id == "dying")
+            await wait_until(
+                lambda: sum(e["camera"] == "dying" for e in stored_events(client, station)) >= 3,
+                timeout=60,
+                what="frames of the looping video",
             )
-            async with agent_running(settings_of(data)) as agent:
-                dying = next(c for c in agent.cameras if c.id == "dying")
-                await wait_until(
-                    lambda: (
-                        sum(e["camera"] == "dying" for e in stored_events(client, station)) >= 3
-                    ),
-                    timeout=60,
-                    what="frames of the looping video",
-                )
-                os.unlink(video)  # the camera dies mid-run
-                await wait_until(
-                    lambda: dying.state == fleet_pb2.CAMERA_FAILED,
-                    timeout=30,
-                    what="the camera to fail",
-                )
-                write_frames(tmp_path / "scans", range(3, 8))  # the other camera goes on
-                await wait_until(
-                    lambda: len(frame_indexes(stored_events(client, station), "scans")) >= 8,
-                    timeout=60,
-                    what="the folder's frames after the failure",
-                )
-                status = agent.status()
-                health = await asyncio.to_thread(
-                    http_get, f"http://127.0.0.1:{agent.http.port}/healthz"
-                )
+            os.unlink(video)  # the camera dies mid-run
+            await wait_until(
+                lambda: dying.state == fleet_pb2.CAMERA_FAILED,
+                timeout=30,
+                what="the camera to fail",
+            )
+            write_frames(tmp_path / "scans", range(3, 8))  # the other camera goes on
+            await wait_until(
+                lambda: len(frame_indexes(stored_events(client, station), "scans")) >= 8,
+                timeout=60,
+                what="the folder's frames after the failure",
+            )
+            status = agent.status()
+            health = await asyncio.to_thread(
+                http_get, f"http://127.0.0.1:{agent.http.port}/healthz"
+            )
         return status, health
 
     status, (code, body) = run_async(scenario())

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 from agent_harness import (
+    aggregator_for_station,
     folder_camera,
     frame_indexes,
-    station_config,
     stored_events,
     wait_until,
     write_config,
     write_frames,
 )
 from agent_models import publish_good
-from aggregator_harness import run_async, running
+from aggregator_harness import run_async
 
 from edge_agent.spool import Spool
 
@@ -57,17 +57,14 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
     log = tmp_path / "agent.log"
 
     async def scenario():
-        async with running(ns) as agg:
-            token = await agg.token(station)
-            data = station_config(
-                tmp_path,
-                station=station,
-                token=token,
-                uplink_port=agg.port,
-                store=store_settings,
-                cameras=[folder_camera(scans, fps=15)],
-                metrics={"host": "127.0.0.1", "port": None},
-            )
+        async with aggregator_for_station(
+            ns,
+            tmp_path,
+            station,
+            store_settings,
+            cameras=[folder_camera(scans, fps=15)],
+            metrics={"host": "127.0.0.1", "port": None},
+        ) as (_agg, data):
             config = write_config(tmp_path / "station.yaml", data)
             first = start_agent(config, log)
             try:
