@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("trainer.compress.cli:compress", "Sparse-train, prune, distill, export (fp32 + INT8) and measure every stage."),
     "bench": ("trainer.compress.cli:bench", "Size, GFLOPs, CPU latency and mAP of checkpoints and ONNX files, as a table."),
     "export": ("trainer.export:export_command", "Export a checkpoint to ONNX and check parity with torch."),
+    "pipeline": ("trainer.pipeline.cli:pipeline", "Run the whole pipeline on Ray (data to a signed model in the store), resumable by run id."),
     "aggregator": ("services.aggregator.cli:aggregator", "Run the gRPC ingest server (Redis) and manage station tokens."),
     "api": ("services.api.cli:api", "Run the HTTP API, dashboard and Fleet server; manage API keys."),
     "stations": ("services.api.client_cli:stations", "List stations with status and model (through the API)."),

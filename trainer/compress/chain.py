@@ -68,7 +68,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "CompressError", "CompressResult", "compress", "read_done"]
+__all__ = [
+    "STAGES",
+    "CompressError",
+    "CompressResult",
+    "StageContext",
+    "bench_stage",
+    "compress",
+    "export_stage",
+    "hms",
+    "prune_stage",
+    "read_done",
+    "resolve_eval_split",
+    "settings_diff",
+]
 
 STAGES = ("sparse", "prune", "distill", "export", "bench")
 DONE = "done.json"
@@ -110,7 +123,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     m, s = divmod(round(seconds), 60)
@@ -150,12 +163,12 @@ def read_done(stage_dir: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _diff(a, b, f"{prefix}{key}.")
+            out += settings_diff(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
@@ -184,7 +197,7 @@ def _stage_config(config) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _MACHINE_KEYS}
 
 
-def _eval_split(data: str, split: str) -> str:
+def resolve_eval_split(data: str, split: str) -> str:
     from trainer.data.formats import read_dataset
     from trainer.engine import pick_val_split
 
@@ -198,7 +211,10 @@ def _eval_split(data: str, split: str) -> str:
 
 
 @dataclass
-class _Ctx:
+class StageContext:
+    """What a stage function reads: the output folder (outputs are recorded relative to
+    it), the console, and the finished stages' records (``done.json`` contents)."""
+
     out: Path
     console: Any
     resume_ok: bool = True  # no earlier stage ran in this call: a partial stage may resume
@@ -218,7 +234,7 @@ def _last_epoch(last: Path) -> int:
     return int((payload.get("metadata") or {}).get("epoch", 0))
 
 
-def _train_stage(ctx: _Ctx, stage_dir: Path, epochs: int, fresh, resume) -> None:
+def _train_stage(ctx: StageContext, stage_dir: Path, epochs: int, fresh, resume) -> None:
     """Run a training stage fresh, or resume it from its ``last.pt`` when it was
     interrupted with the same settings (``started.json``) and nothing upstream ran."""
     last = stage_dir / "weights" / "last.pt"
@@ -323,10 +339,10 @@ def compress(
     data_path = base_config.data
     if not Path(data_path).exists():
         raise CompressError(f"data not found: {data_path} (the baseline's; pass data)")
-    eval_split = _eval_split(data_path, split)
+    eval_split = resolve_eval_split(data_path, split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = _Ctx(out=out, console=console)
+    ctx = StageContext(out=out, console=console)
     baseline_abs = baseline_ckpt.resolve()
     machine = {"device": device} if device is not None else None
 
@@ -403,7 +419,7 @@ def compress(
         return {"checkpoint": ctx.rel(last)}, {"epochs": _last_epoch(last)}
 
     def run_prune(stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
-        return _prune_stage(
+        return prune_stage(
             ctx,
             stage_dir,
             ctx.path(ctx.records["sparse"]["outputs"]["checkpoint"]),
@@ -445,7 +461,7 @@ def compress(
         )
 
     def run_export(stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
-        return _export_stage(
+        return export_stage(
             ctx,
             stage_dir,
             ctx.path(ctx.records["distill"]["outputs"]["checkpoint"]),
@@ -460,7 +476,7 @@ def compress(
         )
 
     def run_bench(stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
-        return _bench_stage(
+        return bench_stage(
             ctx,
             stage_dir,
             baseline_abs,
@@ -507,7 +523,7 @@ def compress(
         record = read_done(stage_dir) if ctx.resume_ok else None
         why_redo = None
         if record is not None:
-            changed = _diff(record.get("settings") or {}, wanted)
+            changed = settings_diff(record.get("settings") or {}, wanted)
             if changed:
                 raise CompressError(
                     f"{stage_dir} was finished with other settings ({'; '.join(changed)}): "
@@ -522,7 +538,7 @@ def compress(
             else:
                 console.print(
                     f"[dim]stage {i}/{n} {name}: skipped, finished {record.get('finished_at')} "
-                    f"in {_hms(record.get('seconds', 0.0))} ({stage_dir / DONE})[/]"
+                    f"in {hms(record.get('seconds', 0.0))} ({stage_dir / DONE})[/]"
                 )
                 ctx.records[name] = record
                 skipped.append(name)
@@ -565,7 +581,7 @@ def compress(
         ctx.records[name] = record
         ctx.resume_ok = False  # later stages run too
         ran.append(name)
-        console.print(f"[bold green]stage {i}/{n} {name}: done in {_hms(seconds)}[/]")
+        console.print(f"[bold green]stage {i}/{n} {name}: done in {hms(seconds)}[/]")
 
     # ---- the table -------------------------------------------------------------------
     from trainer.compress.table import print_table
@@ -580,7 +596,7 @@ def compress(
     )
     total = time.perf_counter() - start_all
     console.print(
-        f"{len(ran)} stage(s) ran, {len(skipped)} skipped, in {_hms(total)}; "
+        f"{len(ran)} stage(s) ran, {len(skipped)} skipped, in {hms(total)}; "
         f"table: {bench_json}, {out / bench['outputs']['markdown']}"
     )
     files = {
@@ -615,8 +631,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _prune_stage(
-    ctx: _Ctx,
+def prune_stage(
+    ctx: StageContext,
     stage_dir: Path,
     sparse_ckpt: Path,
     data: str,
@@ -645,8 +661,8 @@ def _prune_stage(
     return outputs, summary
 
 
-def _export_stage(
-    ctx: _Ctx,
+def export_stage(
+    ctx: StageContext,
     stage_dir: Path,
     student: Path,
     data: str,
@@ -724,8 +740,8 @@ def _quantize_train_split(fp32: Path, out: Path, data: str, count: int):
     return quantize_int8(fp32, out, data, split=calib_split, count=count)
 
 
-def _bench_stage(
-    ctx: _Ctx,
+def bench_stage(
+    ctx: StageContext,
     stage_dir: Path,
     baseline: Path,
     data: str,
@@ -774,7 +790,7 @@ def _bench_stage(
                     if k.startswith("latency_ms_")
                 )
                 + (f", mAP50 {m:.4f}" if m is not None else "")
-                + f" ({_hms(time.perf_counter() - t0)})"
+                + f" ({hms(time.perf_counter() - t0)})"
             )
         rows.append(row)
 

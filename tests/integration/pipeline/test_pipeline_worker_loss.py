@@ -1,0 +1,103 @@
+"""A training worker is killed mid-stage: Ray Train restarts the worker group, which
+resumes from the last checkpoint in the S3 store and finishes the stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import quiet_console, tiny_config
+
+from trainer.pipeline.ray_train import fit_stage
+from trainer.pipeline.run_store import RunStore
+from trainer.pipeline.stages import PipelineRun, _train_args, run_data
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(1800)]
+
+EPOCHS = 3
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every process below ``root`` (from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found = {}
+    for pid in parents:
+        p = pid
+        while p in parents and p > 1:
+            p = parents[p]
+            if p == root:
+                found[pid] = commands.get(pid, "")
+                break
+    return found
+
+
+def test_lost_worker_resumes_from_last_checkpoint(ray_local, store_settings, tmp_path):
+    config = tiny_config(tmp_path, ray={"max_failures": 2})
+    runs = RunStore(store_settings, "lost-worker")
+    runs.ensure_bucket()
+    run = PipelineRun(
+        config=config, runs=runs, workdir=tmp_path / "work", cache=tmp_path / "cache",
+        console=quiet_console(), store_settings=store_settings,
+    )  # fmt: skip
+    (run.workdir / "data").mkdir(parents=True)
+    outputs, _ = run_data(run, run.workdir / "data", "a")
+    runs.upload_dir(run.workdir / "data", "data")
+    run.records["data"] = {"outputs": outputs}
+
+    result: dict = {}
+
+    def fit() -> None:
+        try:
+            result["metrics"] = fit_stage(
+                kind="baseline", stage="baseline", runs=runs, attempt="a1",
+                train_args={**_train_args(run, EPOCHS), "data": outputs["data"]}, files=[],
+                options={}, out_dir=tmp_path / "out", num_workers=2, cpus_per_worker=1.0,
+                torch_threads=1, max_failures=2, cache=run.cache,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    # wait for the first epoch's checkpoint in the store, then kill a training worker
+    killed = None
+    deadline = time.monotonic() + 1200
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        if any(rel.endswith("weights/last.pt") for rel, _ in runs.list("baseline/ray")):
+            workers = {
+                pid: cmd
+                for pid, cmd in _descendants(os.getpid()).items()
+                if cmd.startswith("ray::RayTrainWorker")
+            }
+            if workers:
+                killed = max(workers)
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.5)
+    assert killed is not None, "no checkpoint appeared, or no training worker to kill"
+    thread.join(timeout=1500)
+    assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
+    metrics = result["metrics"]
+    assert metrics["epoch"] == EPOCHS
+    # the restarted group went on from a checkpoint: it trained fewer than all epochs' images
+    assert 0 < metrics["images_per_worker"] < EPOCHS * 6
+    assert (tmp_path / "out" / "weights" / "last.pt").is_file()
+    rows = (tmp_path / "out" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + EPOCHS

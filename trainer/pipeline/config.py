@@ -1,0 +1,214 @@
+"""The pipeline's settings: one YAML file, validated once, passed in as typed objects.
+
+    config = PipelineConfig.load("pipeline.yaml")   # PipelineConfigError: file:field: why
+
+Every section has defaults that run on the synthetic data set (``data.path`` unset:
+the data stage draws ``data.images`` synthetic images). A stage's record holds its
+section (plus the shared ``train`` section for the training stages): rerunning a run id
+with other settings for a finished stage is an error, never a silent overwrite. The
+``ray`` section and ``train.device`` are machine settings: they may change between a run
+and its rerun.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from slimspect.manifest import check_name, check_version
+
+__all__ = ["RUN_ID_PATTERN", "PipelineConfig", "PipelineConfigError", "check_run_id"]
+
+# a path component of the store layout and a manifest lineage slug at once
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline YAML that cannot be read or does not validate (the message says where)."""
+
+
+def check_run_id(run_id: str) -> str:
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise PipelineConfigError(
+            f"run id {run_id!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return run_id
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Section):
+    """The data set: an existing one (``path``: its folder or data.yaml), else synthetic."""
+
+    path: str | None = None
+    images: int = Field(default=400, ge=4)
+    size: int = Field(default=256, ge=32)
+    seed: int = 0
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class TrainSection(_Section):
+    """Shared by the baseline, sparse and distill trainings (a TrainConfig's fields)."""
+
+    model: str = "yolov4-n"
+    imgsz: int = Field(default=256, ge=32)
+    batch: int = Field(default=16, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="more TrainConfig fields, dotted keys as --set"
+    )
+
+
+class BaselineSection(_Section):
+    epochs: int = Field(default=30, ge=1)
+
+
+class SparseSection(_Section):
+    epochs: int = Field(default=20, ge=1)
+    s: float = Field(default=1e-3, ge=0.0)
+    schedule: str = "constant"
+    proximal: bool = True  # see DESIGN.md: AdamW barely moves the gammas without it
+
+
+class PruneSection(_Section):
+    percent: float | None = Field(default=50.0, ge=0.0, lt=100.0)
+    max_map_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    layers: int = Field(default=2, ge=0)
+    round_to: int = Field(default=8, ge=1)
+    min_keep_frac: float = Field(default=0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PruneSection:
+        if self.percent is not None and self.max_map_drop is not None:
+            raise ValueError("percent and max_map_drop exclude each other: set one to null")
+        if self.percent is None and self.max_map_drop is None and not self.layers:
+            raise ValueError("nothing to prune: give percent, max_map_drop or layers")
+        return self
+
+
+class DistillSection(_Section):
+    epochs: int = Field(default=20, ge=1)
+    teacher: Literal["sparse", "baseline"] = "sparse"
+    temperature: float = Field(default=2.0, gt=0.0)
+    alpha: float = Field(default=0.5, ge=0.0)
+    feat_weight: float = Field(default=0.0, ge=0.0)
+    margin: float = 0.0
+
+
+class ExportSection(_Section):
+    int8: bool = True
+    calibration_images: int = Field(default=64, ge=1)
+    int8_max_map_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+
+
+class BenchSection(_Section):
+    split: str = "val"
+    threads: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    repeats: int = Field(default=20, ge=1)
+    warmup: int = Field(default=5, ge=0)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, threads: list[int]) -> list[int]:
+        if any(t < 1 for t in threads):
+            raise ValueError("thread counts must be >= 1")
+        return threads
+
+
+class PublishSection(_Section):
+    """The registry entry: ``name`` and ``version`` (default: the run id)."""
+
+    enabled: bool = True
+    name: str = "slimspect-yolo"
+    version: str | None = None
+    parent_version: str | None = None
+    score: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="manifest score threshold (default: model's)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_name(name)
+
+    @field_validator("version", "parent_version")
+    @classmethod
+    def _version(cls, version: str | None) -> str | None:
+        return None if version is None else check_version(version)
+
+
+class RaySection(_Section):
+    """Machine settings of the training stages (not part of any stage's record)."""
+
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    torch_threads: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=2, ge=0)
+    worker_cache: str | None = Field(
+        default=None, description="where workers keep files fetched from the store"
+    )
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline (see the module docstring)."""
+
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    baseline: BaselineSection = BaselineSection()
+    sparse: SparseSection = SparseSection()
+    prune: PruneSection = PruneSection()
+    distill: DistillSection = DistillSection()
+    export: ExportSection = ExportSection()
+    bench: BenchSection = BenchSection()
+    publish: PublishSection = PublishSection()
+    ray: RaySection = RaySection()
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        """Read and validate a YAML file; :class:`PipelineConfigError` names what is wrong."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise PipelineConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise PipelineConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+        return cls.from_dict(data if data is not None else {}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "pipeline config") -> PipelineConfig:
+        if not isinstance(data, dict):
+            raise PipelineConfigError(
+                f"{source}: expected a mapping of sections, got {type(data).__name__}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+                for err in exc.errors()[:5]
+            ]
+            raise PipelineConfigError(f"{source}: {'; '.join(problems)}") from None
+
+    def dump(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return path

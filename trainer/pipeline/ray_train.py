@@ -1,0 +1,214 @@
+"""The training stages (baseline, sparse, distill) as Ray Train ``TorchTrainer`` runs.
+
+The driver (:func:`fit_stage`) starts ``num_workers`` workers; each runs
+:func:`train_loop`: it fetches its inputs from the run's folder in the store (the data
+set, the checkpoints the stage starts from) into a node-local cache, then calls the one
+training loop (:func:`trainer.engine.train`, or ``sparse_train`` / ``distill_train``
+around it) as one replica of a data-parallel run
+(:class:`trainer.pipeline.data_parallel.DataParallel`: its shard of every epoch, gradients
+summed over the workers). After every epoch rank 0 reports its run folder
+(``weights/last.pt``, ``best.pt``, ``results.csv``) as a Ray checkpoint, stored through a
+pyarrow S3 filesystem under ``runs/<id>/<stage>/ray/``; with ``FailureConfig`` a lost
+worker restarts the group, which resumes from the last checkpoint (``last.pt`` carries the
+optimizer, EMA and schedule state, so the resumed run continues exactly).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.callbacks import Callback, TrainContext
+from trainer.pipeline.data_parallel import DataParallel
+from trainer.pipeline.run_store import RAY_FOLDER, RunStore
+
+__all__ = ["KINDS", "fit_stage", "train_loop"]
+
+KINDS = ("baseline", "sparse", "distill")
+
+
+class _Report(Callback):
+    """Reports each epoch's metrics to Ray Train; rank 0 adds its run folder as checkpoint."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.run_dir: Path | None = None
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self.run_dir = Path(ctx.run_dir)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.report({**metrics, "epoch": epoch})
+
+    def on_train_end(self, ctx: TrainContext, result: Any) -> None:
+        self.report(
+            {
+                "epoch": result.epochs_done,
+                "final": 1,
+                "workers": ctx.extra.get("world", 1),
+                "images_per_worker": result.train_images,
+            }
+        )
+
+    def report(self, metrics: Mapping[str, Any]) -> None:
+        report(metrics, self.run_dir if self.rank == 0 else None)
+
+
+def report(metrics: Mapping[str, Any], run_dir: Path | None) -> None:
+    import ray.train
+
+    clean = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    }
+    checkpoint = ray.train.Checkpoint.from_directory(str(run_dir)) if run_dir else None
+    ray.train.report(clean, checkpoint=checkpoint)
+
+
+def _epochs_done(last: Path) -> int:
+    import torch
+
+    payload = torch.load(last, map_location="cpu", weights_only=True)
+    return int((payload.get("metadata") or {}).get("epoch", 0))
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """One Ray Train worker of a training stage (``cfg``: see :func:`fit_stage`)."""
+    import ray.train
+    import torch
+
+    from slimspect.settings import StoreSettings
+    from trainer.config import TrainConfig
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(int(cfg["torch_threads"]))
+
+    # ---- inputs from the store, into the node-local cache -----------------------------
+    runs = RunStore(StoreSettings(**cfg["store"]), cfg["run_id"])
+    cache = Path(cfg["cache"])
+    runs.download_prefix("data", cache / "data", skip=(RAY_FOLDER,))
+    for rel in cfg["files"]:
+        if not (cache / rel).is_file():
+            runs.download_file(rel, cache / rel)
+    args = {**cfg["train_args"], "data": str(cache / cfg["train_args"]["data"])}
+    if rank != 0:
+        args.update(verbose=False, plots=False)
+    config = TrainConfig.from_dict(args)
+
+    run_dir = cache / "workers" / f"{cfg['stage']}-{cfg['attempt']}-rank{rank}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted worker group: go on from the last epoch
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, run_dir, dirs_exist_ok=True)
+        last = run_dir / "weights" / "last.pt"
+        if _epochs_done(last) >= config.epochs:
+            report({"epoch": config.epochs, "final": 1}, run_dir if rank == 0 else None)
+            return
+        resume = last
+
+    dp = DataParallel(rank, world)
+    callbacks = [dp, _Report(rank)]
+    common = {"callbacks": callbacks, "train_batches": dp.batches}
+    if resume is None:
+        common["run_dir"] = run_dir
+    else:
+        common["resume"] = resume
+    options = dict(cfg["options"])
+    kind = cfg["kind"]
+    if kind == "baseline":
+        from trainer.engine import train
+
+        train(config, **common)
+    elif kind == "sparse":
+        from trainer.compress.sparsity import sparse_train
+
+        if resume is None:
+            options["weights"] = cache / cfg["files"][0]
+        sparse_train(config, **options, **common)
+    elif kind == "distill":
+        from trainer.compress.distill import distill_train
+
+        teacher = cache / options.pop("teacher")
+        student = cache / options.pop("student")
+        distill_train(config, teacher, None if resume else student, **options, **common)
+    else:
+        raise ValueError(f"unknown training stage {kind!r}; known: {', '.join(KINDS)}")
+
+
+def fit_stage(
+    *,
+    kind: str,
+    stage: str,
+    runs: RunStore,
+    attempt: str,
+    train_args: Mapping[str, Any],
+    files: list[str],
+    options: Mapping[str, Any],
+    out_dir: Path,
+    num_workers: int,
+    cpus_per_worker: float,
+    torch_threads: int,
+    max_failures: int,
+    cache: Path,
+) -> dict[str, Any]:
+    """Run a training stage on the Ray cluster ``ray.init`` connected to; its final run
+    folder (rank 0's) is copied to ``out_dir``. Returns the last reported metrics.
+
+    Args:
+        kind: baseline, sparse or distill.
+        attempt: the stage's attempt id: the Ray run is named ``<stage>-<attempt>``.
+        train_args: the TrainConfig (its ``data`` is replaced by the worker's copy).
+        files: run-relative store paths the workers fetch into ``cache`` (sparse: the
+            starting checkpoint first; distill: ``options["teacher"/"student"]`` name them).
+        options: keyword arguments of ``sparse_train`` / ``distill_train``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown training stage {kind!r}; known: {', '.join(KINDS)}")
+    s = runs.settings
+    store = s.model_dump(mode="json")
+    store["secret_key"] = s.secret_key.get_secret_value() if s.secret_key else None
+    filesystem, storage_path = runs.ray_storage(stage)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "kind": kind,
+            "stage": stage,
+            "attempt": attempt,
+            "run_id": runs.run_id,
+            "store": store,
+            "cache": str(cache),
+            "train_args": dict(train_args),
+            "files": list(files),
+            "options": dict(options),
+            "torch_threads": torch_threads,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=f"{stage}-{attempt}",
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage}: the training run reported no checkpoint")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    with result.checkpoint.as_directory() as saved:
+        shutil.copytree(saved, out_dir)
+    return dict(result.metrics or {})

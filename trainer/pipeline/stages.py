@@ -1,0 +1,319 @@
+"""The pipeline's stages: what each one runs, reads and writes.
+
+Every stage is ``fn(run, stage_dir, attempt) -> (outputs, info)``: it writes into
+``stage_dir`` (``<workdir>/<stage>``), returns its outputs as paths relative to the
+workdir and what it found (both go to its ``done.json``). The stage functions of
+``slimspect compress`` (:mod:`trainer.compress.chain`: prune, export, bench) are called
+as they are; the training stages run on Ray Train (:mod:`trainer.pipeline.ray_train`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.compress.chain import (
+    StageContext,
+    bench_stage,
+    export_stage,
+    prune_stage,
+    resolve_eval_split,
+)
+from trainer.pipeline.config import PipelineConfig
+from trainer.pipeline.records import PipelineError
+from trainer.pipeline.run_store import RunStore
+
+__all__ = ["RUNNERS", "STAGES", "UPSTREAM", "PipelineRun", "dataset_hash", "stage_settings"]
+
+STAGES = ("data", "baseline", "sparse", "prune", "distill", "export", "bench", "publish")
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "baseline": ("data",),
+    "sparse": ("data", "baseline"),
+    "prune": ("data", "sparse"),
+    "distill": ("data", "baseline", "sparse", "prune"),
+    "export": ("data", "distill"),
+    "bench": ("data", "baseline", "sparse", "prune", "distill", "export"),
+    "publish": ("data", "export", "bench"),
+}
+_MACHINE = ("device",)  # TrainSection fields that are not part of a stage's record
+
+
+@dataclass
+class PipelineRun:
+    """What the stages share: the config, the run's store folder, the local workdir
+    (a mirror of it), the workers' cache and the finished stages' records."""
+
+    config: PipelineConfig
+    runs: RunStore
+    workdir: Path
+    cache: Path
+    console: Any
+    store_settings: Any = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.runs.run_id
+
+    @property
+    def ctx(self) -> StageContext:
+        """The view ``trainer.compress.chain``'s stage functions take."""
+        return StageContext(out=self.workdir, console=self.console, records=self.records)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.workdir / self.records[stage]["outputs"][key]
+
+    def rel(self, path: Path) -> str:
+        return Path(path).resolve().relative_to(self.workdir.resolve()).as_posix()
+
+    @property
+    def data(self) -> str:
+        return str(self.path("data", "data"))
+
+    @property
+    def eval_split(self) -> str:
+        return resolve_eval_split(self.data, self.config.bench.split)
+
+
+def stage_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """What each stage's record holds as its settings (machine settings left out)."""
+    train = config.train.model_dump(mode="json", exclude=set(_MACHINE))
+    return {
+        "data": config.data.model_dump(mode="json"),
+        "baseline": {"train": train, **config.baseline.model_dump(mode="json")},
+        "sparse": {"train": train, **config.sparse.model_dump(mode="json")},
+        "prune": config.prune.model_dump(mode="json"),
+        "distill": {"train": train, **config.distill.model_dump(mode="json")},
+        "export": {
+            **config.export.model_dump(mode="json"),
+            "split": config.bench.split,
+            "threads": config.bench.threads,
+            "repeats": config.bench.repeats,
+            "warmup": config.bench.warmup,
+        },
+        "bench": config.bench.model_dump(mode="json"),
+        "publish": config.publish.model_dump(mode="json"),
+    }
+
+
+def dataset_hash(root: Path) -> str:
+    """``sha256:<hex>`` over every file's relative path and bytes, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+
+
+def run_data(run: PipelineRun, stage_dir: Path, attempt: str):
+    """The data set, in the run: a copy of ``data.path``, or a synthetic one. Its data.yaml
+    gets ``path: .`` so the folder works wherever a worker fetches it to."""
+    from trainer.data.formats import read_dataset
+    from trainer.data.synth import synthesize
+
+    d = run.config.data
+    if d.path:
+        source = Path(d.path).expanduser()
+        if not source.exists():
+            raise PipelineError(f"data.path not found: {source}")
+        root = source.parent if source.is_file() else source
+        shutil.copytree(root, stage_dir, dirs_exist_ok=True)
+        entry = stage_dir / source.name if source.is_file() else stage_dir
+    else:
+        run.console.print(f"  synthesizing {d.images} images of {d.size} px (seed {d.seed})")
+        synthesize(
+            stage_dir, images=d.images, size=d.size, seed=d.seed, val_fraction=d.val_fraction
+        )
+        entry = stage_dir / "data.yaml"
+    yaml_file = entry if entry.suffix in (".yaml", ".yml") else stage_dir / "data.yaml"
+    if yaml_file.is_file():
+        spec = yaml.safe_load(yaml_file.read_text()) or {}
+        spec["path"] = "."
+        yaml_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        entry = yaml_file
+    ds = read_dataset(entry)
+    counts = {split: len(samples) for split, samples in ds.splits.items()}
+    run.console.print(f"  {', '.join(f'{n} {s}' for s, n in counts.items())} images")
+    return {"data": run.rel(entry)}, {
+        "dataset_hash": dataset_hash(stage_dir),
+        "images": counts,
+        "class_names": list(ds.names),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# training stages (Ray Train)
+# --------------------------------------------------------------------------------------
+
+
+def _train_args(run: PipelineRun, epochs: int) -> dict[str, Any]:
+    from trainer.config import ConfigError, TrainConfig, set_dotted
+
+    t = run.config.train
+    args: dict[str, Any] = {
+        "data": run.data,
+        "model": t.model,
+        "imgsz": t.imgsz,
+        "batch": t.batch,
+        "epochs": epochs,
+        "seed": t.seed,
+        "device": t.device,
+        "workers": 0,
+        "patience": None,  # early stopping on a falling mAP would end sparse training
+        "verbose": True,
+    }
+    for key, value in t.overrides.items():
+        set_dotted(args, key, value)
+    try:
+        return TrainConfig.from_dict(args).to_dict()
+    except (ConfigError, ValueError) as exc:
+        raise PipelineError(f"train settings: {exc}") from None
+
+
+def _fit(run: PipelineRun, kind: str, stage_dir: Path, attempt: str, epochs: int, files, options):
+    from trainer.pipeline.ray_train import fit_stage
+
+    r = run.config.ray
+    data_rel = run.records["data"]["outputs"]["data"]
+    args = _train_args(run, epochs)
+    metrics = fit_stage(
+        kind=kind,
+        stage=stage_dir.name,
+        runs=run.runs,
+        attempt=attempt,
+        train_args={**args, "data": data_rel},
+        files=files,
+        options=options,
+        out_dir=stage_dir,
+        num_workers=r.num_workers,
+        cpus_per_worker=r.cpus_per_worker,
+        torch_threads=r.torch_threads,
+        max_failures=r.max_failures,
+        cache=run.cache,
+    )
+    run.console.print(
+        f"  {r.num_workers} worker(s), {int(metrics.get('epoch', epochs))} epoch(s); "
+        f"run folder {stage_dir}"
+    )
+    return {k: metrics[k] for k in ("workers", "images_per_worker") if k in metrics}
+
+
+def _map(stage_dir: Path) -> dict[str, float | None]:
+    import csv
+
+    rows = list(csv.DictReader((stage_dir / "results.csv").open()))
+    values = [
+        float(r["metrics/mAP50(B)"]) for r in rows if r.get("metrics/mAP50(B)") not in ("", "nan")
+    ]
+    return {"map50_last": values[-1] if values else None}
+
+
+def run_baseline(run: PipelineRun, stage_dir: Path, attempt: str):
+    ray = _fit(run, "baseline", stage_dir, attempt, run.config.baseline.epochs, [], {})
+    outputs = {"checkpoint": run.rel(stage_dir / "weights" / "best.pt")}
+    outputs["last"] = run.rel(stage_dir / "weights" / "last.pt")
+    return outputs, {**_map(stage_dir), **ray}
+
+
+def run_sparse(run: PipelineRun, stage_dir: Path, attempt: str):
+    c = run.config.sparse
+    start = run.records["baseline"]["outputs"]["checkpoint"]
+    options = {"s": c.s, "schedule": c.schedule, "proximal": c.proximal}
+    ray = _fit(run, "sparse", stage_dir, attempt, c.epochs, [start], options)
+    return {"checkpoint": run.rel(stage_dir / "weights" / "last.pt")}, {**_map(stage_dir), **ray}
+
+
+def run_prune(run: PipelineRun, stage_dir: Path, attempt: str):
+    p = run.config.prune
+    return prune_stage(
+        run.ctx, stage_dir, run.path("sparse", "checkpoint"), run.data, run.eval_split,
+        percent=p.percent, max_map_drop=p.max_map_drop, layers=p.layers,
+        round_to=p.round_to, min_keep_frac=p.min_keep_frac,
+    )  # fmt: skip
+
+
+def run_distill(run: PipelineRun, stage_dir: Path, attempt: str):
+    c = run.config.distill
+    teacher = run.records[c.teacher]["outputs"]["checkpoint"]
+    student = run.records["prune"]["outputs"]["checkpoint"]
+    options = {
+        "teacher": teacher,
+        "student": student,
+        "temperature": c.temperature,
+        "alpha_obj": c.alpha,
+        "alpha_cls": c.alpha,
+        "alpha_box": c.alpha,
+        "feat_weight": c.feat_weight,
+        "margin": c.margin,
+    }
+    ray = _fit(run, "distill", stage_dir, attempt, c.epochs, [teacher, student], options)
+    outputs = {
+        "checkpoint": run.rel(stage_dir / "weights" / "best.pt"),
+        "last": run.rel(stage_dir / "weights" / "last.pt"),
+    }
+    return outputs, {"teacher": teacher, **_map(stage_dir), **ray}
+
+
+# --------------------------------------------------------------------------------------
+# export, bench (the compress chain's own stage functions), publish
+# --------------------------------------------------------------------------------------
+
+
+def run_export(run: PipelineRun, stage_dir: Path, attempt: str):
+    e, b = run.config.export, run.config.bench
+    return export_stage(
+        run.ctx, stage_dir, run.path("distill", "checkpoint"), run.data, run.eval_split,
+        int8=e.int8, calibration_images=e.calibration_images,
+        int8_max_map_drop=e.int8_max_map_drop, threads=b.threads, repeats=b.repeats,
+        warmup=b.warmup,
+    )  # fmt: skip
+
+
+def run_bench(run: PipelineRun, stage_dir: Path, attempt: str):
+    b = run.config.bench
+    split = run.eval_split
+    baseline = run.path("baseline", "checkpoint")
+    outputs, info = bench_stage(
+        run.ctx, stage_dir, baseline, run.data, split,
+        threads=b.threads, repeats=b.repeats, warmup=b.warmup,
+        extra={"run_id": run.run_id, "data": run.data, "split": split},
+    )  # fmt: skip
+    # the chain writes its table beside the stage folders: keep the run's inside bench/
+    moved = {}
+    for key, rel in outputs.items():
+        target = stage_dir / Path(rel).name
+        shutil.move(run.workdir / rel, target)
+        moved[key] = run.rel(target)
+    return moved, info
+
+
+def run_publish(run: PipelineRun, stage_dir: Path, attempt: str):
+    from trainer.pipeline.publish import publish_model
+
+    return publish_model(run, stage_dir)
+
+
+RUNNERS: dict[str, Callable[[PipelineRun, Path, str], tuple[dict[str, str], dict[str, Any]]]] = {
+    "data": run_data,
+    "baseline": run_baseline,
+    "sparse": run_sparse,
+    "prune": run_prune,
+    "distill": run_distill,
+    "export": run_export,
+    "bench": run_bench,
+    "publish": run_publish,
+}
