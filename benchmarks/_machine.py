@@ -31,3 +31,16 @@ def loadavg() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def run_facts(loadavg_before: list[float] | None, started: float) -> dict:
+    """What a result file says of the conditions of its run: this process's niceness, the
+    load average before and after, and the seconds since ``started`` (perf_counter)."""
+    import time
+
+    return {
+        "pid_nice": os.nice(0),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import platform
 import resource
 import time
@@ -46,7 +45,7 @@ from pathlib import Path
 import grpc
 import redis
 import redis.asyncio as aioredis
-from _machine import describe, loadavg
+from _machine import describe, loadavg, run_facts
 from _services import (
     EventMaker,
     EventMix,
@@ -400,10 +399,7 @@ def main() -> None:
         "would have); all three on the same machine",
         "redis_config": args.redis_config,
         "full_size": full,
-        "pid_nice": os.nice(0),
-        "loadavg_before": before,
-        "loadavg_after": loadavg(),
-        "seconds": round(time.perf_counter() - t0, 1),
+        **run_facts(before, t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

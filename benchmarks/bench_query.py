@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import platform
 import random
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 import httpx
 import redis
 import redis.asyncio as aioredis
-from _machine import describe, loadavg
+from _machine import describe, loadavg, run_facts
 from _services import (
     CLASSES,
     EventMaker,
@@ -398,10 +397,7 @@ def main() -> None:
         "connection, sequential requests; all on the same machine",
         "redis_config": args.redis_config,
         "full_size": full,
-        "pid_nice": os.nice(0),
-        "loadavg_before": before,
-        "loadavg_after": loadavg(),
-        "seconds": round(time.perf_counter() - t_all, 1),
+        **run_facts(before, t_all),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
