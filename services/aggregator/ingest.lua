@@ -12,7 +12,7 @@
 -- the class set, the trims and the expiries. The effect is the same as storing the
 -- events one by one; the shared keys are just written once per batch, not once per event.
 
-local idx, classes = KEYS[1], KEYS[2]
+local idx, defect_idx, classes = KEYS[1], KEYS[2], KEYS[3]
 local n_hours = tonumber(ARGV[1])
 local n_classes = tonumber(ARGV[2])
 local trim_below = '(' .. ARGV[3]
@@ -20,9 +20,9 @@ local events = cjson.decode(ARGV[4])
 local hour_expire = 4             -- ARGV[hour_expire + h]: counters h expire at
 local class_name = 4 + n_hours    -- ARGV[class_name + c]: name of class c
 local value_arg = 4 + n_hours + n_classes  -- ARGV[a + 1]: an event's value, then its crops
-local cnt_key = 2                 -- KEYS[cnt_key + h]
-local class_key = 2 + n_hours     -- KEYS[class_key + c]
-local event_key = 2 + n_hours + n_classes
+local cnt_key = 3                 -- KEYS[cnt_key + h]
+local class_key = 3 + n_hours     -- KEYS[class_key + c]
+local event_key = 3 + n_hours + n_classes
 
 -- PEXPIREAT GT treats a key without a TTL as never expiring: set one first, then only extend.
 local function extend(key, at)
@@ -39,6 +39,8 @@ end
 
 local result = {}
 local members = {}                -- station index: score, member, ...
+local defect_members = {}         -- defect index: score, member, ...
+local defect_expire = 0
 local class_members = {}          -- per class: score, member, ...
 local class_expire = {}           -- per class: latest expire-at
 local counts = {}                 -- per hour: {frames, defect_frames, defects, [3 + class] = n}
@@ -49,7 +51,7 @@ local a = value_arg
 
 for i, e in ipairs(events) do
   -- e: event_id, captured_at_ms, expire_at, hour, frames, defect_frames, defects,
-  --    {class, count, top score (text), ...}, crops
+  --    {class, count, top score (text), ...}, crops, top score of the event (text)
   local ev, n_crops, expire_at = KEYS[k + 1], e[9], e[3]
   if not redis.call('SET', ev, ARGV[a + 1], 'NX', 'PXAT', expire_at) then
     result[i] = 0
@@ -63,6 +65,11 @@ for i, e in ipairs(events) do
     members[#members + 1] = captured
     members[#members + 1] = event_id
     if expire_at > max_expire then max_expire = expire_at end
+    if e[7] > 0 then
+      defect_members[#defect_members + 1] = captured
+      defect_members[#defect_members + 1] = event_id .. '\0' .. e[10]  -- schema.class_member
+      if expire_at > defect_expire then defect_expire = expire_at end
+    end
 
     local c = counts[e[4]]
     if c == nil then
@@ -95,6 +102,11 @@ if any_stored then
   zadd(idx, members)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', trim_below)
   extend(idx, max_expire)
+  if defect_expire > 0 then
+    zadd(defect_idx, defect_members)
+    redis.call('ZREMRANGEBYSCORE', defect_idx, '-inf', trim_below)
+    extend(defect_idx, defect_expire)
+  end
   local classes_expire = 0
   for cls = 1, n_classes do
     local m = class_members[cls]

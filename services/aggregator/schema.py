@@ -18,6 +18,10 @@ Keys (``S`` station, ``E`` event_id, ``C`` class name, ``i`` detection index)::
                                     "class_id", "class_name", "crop": bool}
     crop:{st:S}:E:i         STRING  the JPEG crop of detection i (bytes), only where sent
     idx:{st:S}              ZSET    time index: member E, score captured_at_ms
+    idx:{st:S}:def          ZSET    defect index: events with >= 1 detection, member
+                                    ``E \0 top`` (top over all its detections), score
+                                    captured_at_ms. A query without a class merges one
+                                    of these per station, not one per station and class
     idx:{st:S}:cls:C        ZSET    per-class time index: events with >= 1 detection of C;
                                     member ``E \0 top``, top = the highest score of a
                                     detection of C in the event (class_member), so the
@@ -149,6 +153,10 @@ def index_key(station: str) -> str:
     return f"idx:{tag(station)}"
 
 
+def defect_index_key(station: str) -> str:
+    return f"idx:{tag(station)}:def"
+
+
 def class_index_key(station: str, class_name: str) -> str:
     return f"idx:{tag(station)}:cls:{class_name}"
 
@@ -219,7 +227,7 @@ def frame_count(event: inspection_pb2.InspectionEvent) -> int:
 class IngestCall:
     """KEYS and ARGV of one ``ingest.lua`` call: a batch of validated events of ONE station.
 
-    KEYS: 1 station index, 2 class set, then H hourly counter keys (the distinct hours of
+    KEYS: 1 station index, 2 defect index, 3 class set, then H hourly counter keys (the distinct hours of
     the batch), then C class indexes (its distinct classes), then per event its event key
     followed by its crop keys.
     ARGV: 1 H, 2 C, 3 trim indexes below this score, 4 the events' bookkeeping as one JSON
@@ -229,7 +237,7 @@ class IngestCall:
     Each event's bookkeeping: ``[event_id, captured_at_ms, expire-at ms of the event, its
     crops and the indexes it enters, hour (1-based, of KEYS' counters), frames,
     defect_frames, defects, [class (1-based), detections of it, top score of it (text), ...],
-    crops]``. The script
+    crops, top score of all its detections (text; "" for a clean frame)]``. The script
     parses only this small array (cjson, in C); the values pass through as they are.
     """
 
@@ -290,10 +298,12 @@ def ingest_call(
                 n_detections,
                 [x for c, (n, top) in per_class.items() for x in (c, n, score_text(top))],
                 n_crops,
+                score_text(max(top for _, top in per_class.values())) if per_class else "",
             ]
         )
     keys = [
         index_key(station),
+        defect_index_key(station),
         classes_key(station),
         *(counter_key(station, hour_of(hour * HOUR_MS)) for hour in hours),
         *(class_index_key(station, name) for name in class_ids),

@@ -34,6 +34,7 @@ from services.aggregator.settings import AggregatorSettings
 from services.aggregator.validate import Limits, validate_event
 from services.aggregator.writer import IngestWriter
 from services.grpc_server import GrpcService, authenticate_station, bind
+from services.heap import freeze_startup_objects
 from slimspect.logs import configure_logging
 from slimspect.v1 import inspection_pb2, inspection_pb2_grpc
 
@@ -284,6 +285,7 @@ async def serve(settings: AggregatorSettings) -> None:
             )
         aggregator, port = build_server(settings, redis, metrics=metrics)
         await aggregator.start()
+        freeze_startup_objects()
         log.info(
             "serving",
             extra={

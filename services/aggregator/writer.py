@@ -92,7 +92,7 @@ class IngestWriter:
         return [int(r) == 1 for stored in replies for r in stored or ()]
 
     async def sweep(self, *, now_ms: int) -> int:
-        """Trims every station's time and class indexes below ``now - retention``.
+        """Trims every station's time, defect and class indexes below ``now - retention``.
 
         The script trims the indexes it writes; this catches classes that stopped occurring
         and stations that went quiet. Returns the number of entries removed.
@@ -104,6 +104,7 @@ class IngestWriter:
             classes = await self._redis.smembers(schema.classes_key(station))
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zremrangebyscore(schema.index_key(station), "-inf", below)
+                pipe.zremrangebyscore(schema.defect_index_key(station), "-inf", below)
                 for c in classes:
                     name = c.decode() if isinstance(c, bytes) else c
                     pipe.zremrangebyscore(schema.class_index_key(station, name), "-inf", below)

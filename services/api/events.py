@@ -1,23 +1,24 @@
 """The defect list: a k-way merge of per-station sorted indexes, paged by position.
 
 The aggregator indexes events per station (schema.py): ``idx:{st:S}:cls:C`` holds the
-events of station S with at least one detection of class C, scored by capture time. A
-query over many stations (or, without a class filter, over every class of a station)
-reads each of those sorted sets newest first (``ZRANGE ... BYSCORE REV LIMIT``, in small
-chunks, refilled on demand) and merges them in the total order of cursor.py,
-``(captured_at_ms, station, event_id)`` descending. An event with several classes sits in
-several indexes of its station; the merge meets its copies one after the other (same
-position) and keeps one. Clean frames are in no class index, so they cost nothing here.
+events of station S with at least one detection of class C, ``idx:{st:S}:def`` those
+with any detection; both scored by capture time. A query over many stations reads one
+index per station (the class's, or without a class filter the defect index) newest
+first (``ZRANGE ... BYSCORE REV LIMIT``, in small chunks, refilled on demand) and merges
+them in the total order of cursor.py, ``(captured_at_ms, station, event_id)``
+descending. Clean frames are in neither index, so they cost nothing here. (The merge
+still keeps one of equal positions, as it did when a query without a class merged every
+class index of a station: an event with several classes was in several.)
 
 Filters the indexes serve (station, class, time window) bound the reads. min_score is
-served by the index members too: a class index member is ``event id NUL top score`` (the
-highest score of a detection of that class in the event, schema.class_member), so an event
-below it is passed over without being read; the merge takes the highest of an event's
-copies when no class is given. camera is applied to the fetched events (one MGET per
-station, pipelined per batch) while the page is filled up to ``limit``. A rare filter could make one request read a
-whole index, so each request examines at most ``scan_budget`` events: then the page is
-returned shorter than ``limit`` with a cursor to go on from. Clients follow next_cursor
-until it is null; only then is the walk complete.
+served by the index members too: a member is ``event id NUL top score`` (the highest
+score of a detection of that class, or of any class in the defect index,
+schema.class_member), so an event below it is passed over without being read. camera is
+applied to the fetched events (one MGET per station, pipelined per batch) while the page
+is filled up to ``limit``. A rare filter could make one request read a whole index, so
+each request examines at most ``scan_budget`` events: then the page is returned shorter
+than ``limit`` with a cursor to go on from. Clients follow next_cursor until it is null;
+only then is the walk complete.
 
 Inside one sorted set, members of equal score come in reverse byte order under REV,
 which is this module's order too (event ids are UTF-8: byte order = code point order).
@@ -164,21 +165,12 @@ class DefectIndex:
         """Every station that ever reported (the aggregator's global ``stations`` set)."""
         return sorted(_text(s) for s in await self._redis.smembers(schema.STATIONS_KEY))
 
-    async def _index_keys(
-        self, stations: Iterable[str], class_name: str | None
-    ) -> list[tuple[str, str]]:
-        stations = list(stations)
+    @staticmethod
+    def _index_keys(stations: Iterable[str], class_name: str | None) -> list[tuple[str, str]]:
+        """One index per station: the class's, or the defect index (every class)."""
         if class_name is not None:
             return [(s, schema.class_index_key(s, class_name)) for s in stations]
-        pipe = self._redis.pipeline(transaction=False)
-        for s in stations:
-            pipe.smembers(schema.classes_key(s))
-        classes = await pipe.execute()
-        return [
-            (s, schema.class_index_key(s, _text(c)))
-            for s, names in zip(stations, classes, strict=True)
-            for c in sorted(names)
-        ]
+        return [(s, schema.defect_index_key(s)) for s in stations]
 
     async def _fill(self, streams: Sequence[_Stream], min_score: str) -> None:
         """Reads a chunk for each stream; again for those whose chunk was all at or above
@@ -199,12 +191,12 @@ class DefectIndex:
             stations = [query.station]
         else:
             stations = await self.stations()
-        keys = await self._index_keys(stations, query.class_name)
+        keys = self._index_keys(stations, query.class_name)
         min_score = str(query.from_ms) if query.from_ms is not None else "-inf"
-        # The first chunk of each stream: twice its share of the page (the share x2: an event
-        # with several classes is in several of a station's indexes; x4 with post-filters),
-        # so that few streams need a second read, and a query over 100+ indexes still reads
-        # a few rows of each, not 16.
+        # The first chunk of each stream: about four times its share of the page (x2 for
+        # the spread of the streams' shares, x2 again with post-filters, which pass over
+        # some), so that few streams need a second read, and a query over 100+ stations
+        # still reads a few rows of each, not 16.
         per_stream = (limit + 1) * (4 if query.post_filtered else 2) // max(len(keys), 1)
         chunk = max(_MIN_CHUNK, min(limit + 1, 2 * per_stream + 4, _MAX_CHUNK))
         streams = [

@@ -295,8 +295,9 @@ def test_retention_rejects_old_events_and_sweeps_old_index_entries(client, ns):
     ack, removed = run_async(main())
     assert (ack.accepted, ack.rejected) == (1, 1)
     assert ack.rejections[0].reason == R.MALFORMED and "retention" in ack.rejections[0].message
-    assert removed == 2  # the station index and the class index
+    assert removed == 3  # the station index, the defect index and the class index
     assert client.zcard(schema.index_key(station)) == 0
+    assert client.zcard(schema.defect_index_key(station)) == 0
     assert client.zcard(schema.class_index_key(station, "pitted")) == 0
     ttl = client.pttl(schema.event_key(station, "fresh"))  # expires a slack after leaving
     expected = (t0 - day // 2) + day + schema.EXPIRY_SLACK_MS - now_ms()

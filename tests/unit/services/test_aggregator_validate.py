@@ -192,8 +192,8 @@ def test_every_key_of_one_call_is_in_one_cluster_slot():
     )
     other = ev(event_id="e2", captured_at_ms=NOW - 4_000_000, detections=[])
     call = schema.ingest_call([one, other], now_ms=NOW, retention_ms=86_400_000)
-    # index, class set, 2 hours, 2 classes, event + 2 crops, event
-    assert len(call.keys) == 2 + 2 + 2 + 3 + 1
+    # index, defect index, class set, 2 hours, 2 classes, event + 2 crops, event
+    assert len(call.keys) == 3 + 2 + 2 + 3 + 1
     assert len({key_slot(k.encode()) for k in call.keys}) == 1
     assert all("{st:line1-st3}" in k for k in call.keys)
 
@@ -215,6 +215,7 @@ def test_ingest_call_layout():
     call = schema.ingest_call([first, clean], now_ms=NOW, retention_ms=1000)
     assert call.keys == [
         "idx:{st:line1-st3}",
+        "idx:{st:line1-st3}:def",
         "cls:{st:line1-st3}",
         "cnt:{st:line1-st3}:2024050111",
         "cnt:{st:line1-st3}:2024050112",
@@ -247,8 +248,9 @@ def test_ingest_call_layout():
         3,  # defects
         [1, 2, "0.96875", 2, 1, "0.5"],  # 2 x pitted (top 0.96875), 1 x scratches
         1,  # crops
+        "0.96875",  # top score of the event: its member in the defect index
     ]
-    assert rows[1] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0]
+    assert rows[1] == ["e2", NOW + 5, NOW + 5 + slack, 2, 7, 0, 0, [], 0, ""]
 
 
 def test_event_value_round_trips_through_decode():

@@ -188,11 +188,12 @@ def test_walk_is_stable_while_events_arrive_and_in_one_millisecond(scratch_url: 
     assert keys_of(items) == [e.key for e in expected]
 
 
-def test_min_score_is_served_by_the_class_index_members(scratch_url: str) -> None:
-    """Class index members carry the event's top score of the class: the API filters
-    min_score on them without reading the events. Shown by events whose stored scores are
-    raised behind the index's back: one whose members say 0.3 stays out; one whose members
-    are bare ids (written before members carried a score) is read, and then matches."""
+def test_min_score_is_served_by_the_index_members(scratch_url: str) -> None:
+    """Index members carry the event's top score (of the class in a class index, of all
+    its detections in the defect index): the API filters min_score on them without
+    reading the events. Shown by events whose stored scores are raised behind the
+    indexes' back: one whose members say 0.3 stays out; one whose members are bare ids
+    (written before members carried a score) is read, and then matches."""
     ns = new_namespace()
     st = ns.station(0)
     base = int(datetime.now(tz=UTC).timestamp() * 1000) - 1_000_000
@@ -211,21 +212,28 @@ def test_min_score_is_served_by_the_class_index_members(scratch_url: str) -> Non
         client.set(key, json.dumps([stored[f] for f in schema.EVENT_FIELDS]), keepttl=True)
 
     legacy = events[1]
-    for name in legacy.classes:
-        key = schema.class_index_key(st, name)
-        client.zrem(key, schema.class_member(legacy.event_id, 0.2 if name == "scratches" else 0.1))
+    members = {
+        schema.class_index_key(st, "scratches"): 0.2,
+        schema.class_index_key(st, "pitted"): 0.1,
+    }
+    members[schema.defect_index_key(st)] = 0.2  # the top of all its detections
+    for key, top in members.items():
+        assert client.zrem(key, schema.class_member(legacy.event_id, top)) == 1
         client.zadd(key, {legacy.event_id: legacy.captured_at_ms})
     raise_scores("e001")
     raise_scores("e002")
 
-    async def main() -> dict:
+    async def main() -> list[dict]:
         api = await make_api(scratch_url)
         async with api.client(api.viewer) as http:
-            return (await http.get("/v1/defects", params={"min_score": 0.9})).json()
+            return [
+                (await http.get("/v1/defects", params={"min_score": 0.9, **extra})).json()
+                for extra in ({}, {"class": "scratches"})
+            ]
 
-    page = run_async(main())
-    assert [i["event_id"] for i in page["items"]] == ["e000", "e001", "e003", "e005", "e007"]
-    assert page["examined"] == len(events) and page["next_cursor"] is None
+    for page in run_async(main()):  # the defect index, then a class index
+        assert [i["event_id"] for i in page["items"]] == ["e000", "e001", "e003", "e005", "e007"]
+        assert page["examined"] == len(events) and page["next_cursor"] is None
 
 
 def test_one_event_and_its_crops(api: Api, dataset: Dataset) -> None:
