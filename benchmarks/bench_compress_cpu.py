@@ -80,6 +80,15 @@ def main() -> None:
     parser.add_argument("--sparse-epochs", type=int, default=15)
     parser.add_argument("--s", type=float, default=1e-3)
     parser.add_argument("--schedule", default="global_decay")
+    parser.add_argument(
+        "--proximal", action="store_true",
+        help="soft-threshold the BN scales after each step (works under AdamW) instead of "
+        "adding s * sign(gamma) to their gradients",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bn-lr-scale", type=float, default=1.0,
+        help="the BatchNorm scales' lr multiple while sparse training",
+    )  # fmt: skip
     parser.add_argument("--percent", type=float, default=None)
     parser.add_argument("--max-map-drop", type=float, default=None)
     parser.add_argument("--layers", type=int, default=2)
@@ -107,6 +116,8 @@ def main() -> None:
         sparse_epochs=args.sparse_epochs,
         s=args.s,
         schedule=args.schedule,
+        proximal=args.proximal,
+        bn_lr_scale=args.bn_lr_scale,
         percent=args.percent,
         max_map_drop=None if args.percent is not None else args.max_map_drop,
         layers=args.layers,
@@ -126,6 +137,8 @@ def main() -> None:
             "sparse_epochs": args.sparse_epochs,
             "s": args.s,
             "schedule": args.schedule,
+            "proximal": args.proximal,
+            "bn_lr_scale": args.bn_lr_scale,
             "percent": args.percent,
             "max_map_drop": args.max_map_drop,
             "layers": args.layers,

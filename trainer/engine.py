@@ -15,7 +15,8 @@ What it does (YOLOv5 / Ultralytics recipe)
   linearly from 0 (biases: from ``warmup_bias_lr`` down) to ``lr0 * lf(epoch)``, SGD's
   momentum from ``warmup_momentum`` to ``momentum`` and the accumulation from 1 batch to
   ``accumulate``; after that ``lr = lr0 * lf(epoch)`` with ``lf`` a cosine from 1 to
-  ``lrf`` over the epochs.
+  ``lrf`` over the epochs. A group with an ``lr_scale`` entry (set by a callback at train
+  start, e.g. sparse training's faster BatchNorm scales) gets that multiple of it.
 * Gradients of ``accumulate`` batches are summed, then: AMP unscale, the callbacks'
   ``on_after_backward``, clipping to ``grad_clip``, the step, the EMA update. An epoch
   always ends on a step (left-over gradients are flushed), so every epoch boundary is a
@@ -768,7 +769,7 @@ def _train(config, model, loss_fn, callbacks, resume, run_dir, train_batches) ->
         for i, (images, targets) in enumerate(pbar):
             ni = i + nb * epoch  # batches since the start of training
             for j, group in enumerate(optimizer.param_groups):
-                group["lr"] = schedule.lr(j, ni, epoch)
+                group["lr"] = schedule.lr(j, ni, epoch) * group.get("lr_scale", 1.0)
                 if "momentum" in group:
                     group["momentum"] = schedule.momentum_at(ni)
             ctx.accumulate = accumulate = schedule.accumulate_at(ni)

@@ -262,6 +262,7 @@ def compress(
     s: float = 1e-3,
     schedule: str = "constant",
     proximal: bool = False,
+    bn_lr_scale: float = 1.0,
     percent: float | None = None,
     max_map_drop: float | None = None,
     layers: int = 0,
@@ -292,7 +293,7 @@ def compress(
     Args:
         data: the data set (default: the baseline's ``train_args["data"]``); mAP is
             measured on ``split`` (``val``; the engine's choice when it has none).
-        sparse_epochs, s, schedule, proximal: the sparse stage
+        sparse_epochs, s, schedule, proximal, bn_lr_scale: the sparse stage
             (:func:`trainer.compress.sparsity.sparse_train`).
         percent | max_map_drop, layers, round_to, min_keep_frac: the prune stage, as
             ``slimspect prune`` (``max_map_drop``: largest percent whose mAP50 before
@@ -356,6 +357,7 @@ def compress(
             "s": s,
             "schedule": schedule,
             "proximal": proximal,
+            "bn_lr_scale": bn_lr_scale,
         },
         "prune": {
             "percent": percent,
@@ -409,6 +411,7 @@ def compress(
                 schedule=schedule,
                 weights=baseline_abs,
                 proximal=proximal,
+                bn_lr_scale=bn_lr_scale,
                 run_dir=stage_dir,
             )
 
@@ -496,7 +499,9 @@ def compress(
         "bench": run_bench,
     }
     titles = {
-        "sparse": f"s={s:g} {schedule}{' proximal' if proximal else ''}, {sparse_epochs} epoch(s)",
+        "sparse": f"s={s:g} {schedule}{' proximal' if proximal else ''}"
+        + (f", BN lr x{bn_lr_scale:g}" if bn_lr_scale != 1 else "")
+        + f", {sparse_epochs} epoch(s)",
         "prune": ", ".join(
             p
             for p in (

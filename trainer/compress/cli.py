@@ -128,14 +128,22 @@ def prune(
     help="Soft-threshold gamma by lr*s after each step instead of (only) the "
     "subgradient: moves gammas to exactly zero.",
 )
+@click.option(
+    "--bn-lr-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Multiply the BatchNorm scales' lr by this while sparse training: under AdamW a "
+    "parameter moves about lr per step, so a short run needs it to take gammas to zero.",
+)  # fmt: skip
 @train_options
-def sparse(weights, s, schedule, proximal, cfg, sets, resume, **options) -> None:
+def sparse(weights, s, schedule, proximal, bn_lr_scale, cfg, sets, resume, **options) -> None:
     """Sparse training: L1 on BatchNorm scales so unimportant channels go to zero."""
     from functools import partial
 
     from trainer.compress.sparsity import sparse_train
 
-    run = partial(sparse_train, s=s, schedule=schedule, weights=weights, proximal=proximal)
+    run = partial(
+        sparse_train, s=s, schedule=schedule, weights=weights, proximal=proximal,
+        bn_lr_scale=bn_lr_scale,
+    )  # fmt: skip
     run_training(run, cfg, sets, resume, **options)
 
 
@@ -248,6 +256,11 @@ def _compress_errors() -> tuple[type[Exception], ...]:
     show_default=True,
 )
 @click.option("--proximal", is_flag=True, help="Soft-threshold gamma after each step.")
+@click.option(
+    "--bn-lr-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Multiply the BatchNorm scales' lr by this while sparse training: under AdamW a "
+    "parameter moves about lr per step, so a short run needs it to take gammas to zero.",
+)  # fmt: skip
 @click.option(
     "--percent", type=click.FloatRange(0, 99), default=None,
     help="Global |gamma| percentile of channels to cut.",

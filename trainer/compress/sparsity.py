@@ -25,9 +25,21 @@ repositories' ``updateBN`` does once per step, whatever their loss scale).
 Per step, plain SGD then moves a gamma by ``lr * N * s`` towards zero (0.01 * 64 * 1e-3 =
 6.4e-4 at the defaults; momentum 0.937 amplifies a steady push up to ~16x). Note that this
 engine's loss gains are YOLOv5's, smaller than the darknet/YOLOv3-era gains those
-repositories used, so the same ``s`` weighs relatively more here: sweep 1e-4 .. 1e-3.
-Use SGD: AdamW normalises the penalty away (DESIGN.md, "Facts measured here"), or use
-``proximal=True``.
+repositories used, so the same ``s`` weighs relatively more here.
+
+Choosing s (measured, :mod:`.penalty_probe`): the penalty ``N * s`` must be weaker than the
+gradient of the channels that matter, or every gamma shrinks alike and |gamma| ranks
+nothing. The gammas' gradients are small (median |dL/dgamma| ~2e-5 for yolov4-s at batch
+8), so useful values of s are ~1e-6 .. 1e-5, far below the literature's 1e-4 .. 1e-3;
+every run writes ``penalty.json`` (the gradient quantiles, the share of channels the
+penalty dominates, a suggested s) and warns when it dominates nearly all of them.
+
+AdamW: its step is about ``lr`` for any parameter whose gradient is dominated by the
+penalty, whatever s is, so a gamma travels at most ``lr * steps``: 0.5 in 500 steps at
+1e-3, not enough to take a gamma of 1 to zero in a short fine-tuning run.
+``bn_lr_scale`` multiplies the BatchNorm group's lr (the engine's ``lr_scale``), so the
+dominated gammas reach zero while the others keep what their gradients say.
+``proximal=True`` is the other way: its threshold ``lr * N * s`` is not normalised.
 
 Proximal mode
 -------------
@@ -58,6 +70,7 @@ Logs (in the run folder)
   (:func:`~trainer.compress.plots.plot_gamma_histogram`), ``epoch_000`` before training;
 * ``sparsity.csv``: per epoch ``s``, the penalised channel count, the median |gamma| and the
   share of |gamma| below 1e-3, 1e-2, 0.05 and 0.1;
+* ``penalty.json``: the penalty next to the gammas' gradients (:mod:`.penalty_probe`);
 both of the weights the checkpoints hold (the EMA when on, as pruning will read them).
 Checkpoints get ``metadata["sparsity"]`` (the settings) and ``stage = "sparse"``.
 """
@@ -65,6 +78,7 @@ Checkpoints get ``metadata["sparsity"]`` (the settings) and ``stage = "sparse"``
 from __future__ import annotations
 
 import csv
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -77,6 +91,7 @@ from torch import nn
 
 from trainer.callbacks import Callback, TrainContext
 from trainer.compress.dependency import DependencyGraph, dependency_graph
+from trainer.compress.penalty_probe import DOMINATED_WARNING, PenaltyProbe
 
 __all__ = [
     "SCHEDULES",
@@ -178,6 +193,8 @@ class SparsityCallback(Callback):
         schedule: ``constant``, ``global_decay`` or ``local_decay``.
         proximal: soft-threshold after each step instead of adding the subgradient.
         reduction: ``per_image`` (add ``N * s * sign``, the default) or ``per_step``.
+        bn_lr_scale: multiple of the scheduled lr for the BatchNorm weights' group.
+        probe_steps: optimizer steps whose gamma gradients ``penalty.json`` reports on.
         decay_start, decay_factor, decay_shape, keep_frac, local_factor: see
             :class:`SparsitySchedule`.
         graph: the model's dependency graph (traced at train start when None).
@@ -192,6 +209,8 @@ class SparsityCallback(Callback):
         *,
         proximal: bool = False,
         reduction: Literal["per_image", "per_step"] = "per_image",
+        bn_lr_scale: float = 1.0,
+        probe_steps: int = 20,
         decay_start: float = 0.5,
         decay_factor: float = 0.01,
         decay_shape: Literal["step", "cosine"] = "step",
@@ -203,6 +222,8 @@ class SparsityCallback(Callback):
     ) -> None:
         if reduction not in ("per_image", "per_step"):
             raise ValueError(f"reduction must be per_image or per_step, got {reduction!r}")
+        if not bn_lr_scale > 0:
+            raise ValueError(f"bn_lr_scale must be > 0, got {bn_lr_scale}")
         self.settings = {
             "s": float(s),
             "kind": schedule,
@@ -215,6 +236,7 @@ class SparsityCallback(Callback):
         self.schedule = SparsitySchedule(**self.settings)  # validated; epochs set at start
         self.proximal = bool(proximal)
         self.reduction = reduction
+        self.bn_lr_scale = float(bn_lr_scale)
         self.graph = graph
         self.plots = plots
         self.thresholds = tuple(thresholds)
@@ -223,6 +245,7 @@ class SparsityCallback(Callback):
         self._local_mask: dict[str, torch.Tensor] | None = None
         self._mask_epoch = -1
         self._prox_done = 0  # optimizer steps whose proximal step has been applied
+        self.probe: PenaltyProbe | None = PenaltyProbe(probe_steps)
 
     # ---- set-up --------------------------------------------------------------------------
 
@@ -230,13 +253,18 @@ class SparsityCallback(Callback):
         self.ctx = ctx
         self.schedule = SparsitySchedule(**self.settings, epochs=ctx.config.epochs)
         self.bn_paths = prunable_bn_paths(ctx.model, self.graph)
+        if self.bn_lr_scale != 1.0:  # the engine multiplies the group's scheduled lr by it
+            for group in ctx.optimizer.param_groups:
+                if group.get("name") == "bn_weight":
+                    group["lr_scale"] = self.bn_lr_scale
         if not self.bn_paths:
             warnings.warn("no prunable BatchNorm: sparse training penalises nothing", stacklevel=2)
         self._prox_done = ctx.step
-        if ctx.config.optimizer == "AdamW" and not self.proximal:
+        if ctx.config.optimizer == "AdamW" and not self.proximal and self.bn_lr_scale == 1:
             warnings.warn(
-                "sparse training under AdamW barely moves the BN scales (its step normalises "
-                "the penalty away): use SGD or proximal=True",
+                "sparse training under AdamW: a gamma moves at most about lr per step whatever "
+                "s is, so a short run cannot take it to zero: raise bn_lr_scale (or use "
+                "proximal=True)",
                 stacklevel=2,
             )
         if not (ctx.run_dir / "sparsity.csv").exists():  # a fresh run: log the start
@@ -281,6 +309,7 @@ class SparsityCallback(Callback):
 
     def on_after_backward(self, model: nn.Module, step: int) -> None:
         self._prox_pending()
+        self._probe(model)
         if self.proximal:
             return
         c = self.coefficient()
@@ -297,6 +326,32 @@ class SparsityCallback(Callback):
                     w.grad = add.to(w.dtype)
                 else:
                     w.grad.add_(add.to(w.grad.dtype))
+
+    def _probe(self, model: nn.Module) -> None:
+        """Feeds the first steps' gamma gradients (before the penalty) to the probe; then
+        writes ``penalty.json`` and warns when the penalty dominates nearly every channel."""
+        if self.probe is None or not self.bn_paths:
+            return
+        grads = [bn.weight.grad for _, bn in self._bns(model)]
+        if any(g is None for g in grads):
+            return
+        self.probe.add(torch.cat([g.detach().flatten() for g in grads]))
+        if not self.probe.done:
+            return
+        report = self.probe.report(self.coefficient(), self.images_per_step())
+        self.probe = None
+        report["proximal"] = self.proximal
+        self.ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.ctx.run_dir / "penalty.json").write_text(json.dumps(report, indent=2) + "\n")
+        if not self.proximal and report["dominated_share"] > DOMINATED_WARNING:
+            warnings.warn(
+                f"sparse training: the penalty (N * s = {report['penalty']:.3g}) is larger than "
+                f"the gradient of {report['dominated_share']:.0%} of the BatchNorm scales, so "
+                "they all shrink alike and |gamma| will hardly rank the channels; an s of about "
+                f"{report['suggested_s']:.2g} leaves the strongest {1 - report['suggested_share']:.0%} "
+                "their own say (penalty.json in the run folder)",
+                stacklevel=2,
+            )
 
     # ---- proximal mode ------------------------------------------------------------------
 
@@ -350,6 +405,7 @@ class SparsityCallback(Callback):
             "schedule": self.settings["kind"],
             "proximal": self.proximal,
             "reduction": self.reduction,
+            "bn_lr_scale": self.bn_lr_scale,
             "penalised_bns": len(self.bn_paths),
         }
 
@@ -361,6 +417,7 @@ class SparsityCallback(Callback):
             meta["schedule"],
             proximal=meta.get("proximal", False),
             reduction=meta.get("reduction", "per_image"),
+            bn_lr_scale=meta.get("bn_lr_scale", 1.0),
             **{k: meta[k] for k in keys if k in meta},
             **kwargs,
         )
@@ -418,6 +475,8 @@ def sparse_train(
     weights: str | Path | None = None,
     proximal: bool = False,
     reduction: Literal["per_image", "per_step"] = "per_image",
+    bn_lr_scale: float = 1.0,
+    probe_steps: int = 20,
     decay_start: float = 0.5,
     decay_factor: float = 0.01,
     decay_shape: Literal["step", "cosine"] = "step",
@@ -448,6 +507,8 @@ def sparse_train(
     options = {
         "proximal": proximal,
         "reduction": reduction,
+        "bn_lr_scale": bn_lr_scale,
+        "probe_steps": probe_steps,
         "decay_start": decay_start,
         "decay_factor": decay_factor,
         "decay_shape": decay_shape,

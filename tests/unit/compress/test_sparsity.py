@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import json
 import math
 
 import pytest
@@ -318,3 +319,39 @@ def test_sparse_train_resume_keeps_the_saved_settings(data_dir, tmp_path):
     assert [r["s"] for r in rows] == pytest.approx([5e-3, 5e-3, 5e-5])  # decay from epoch 2
     _, meta = load_checkpoint(second.last)
     assert meta["sparsity"]["schedule"] == "global_decay" and meta["sparsity"]["s"] == 5e-3
+
+
+def test_bn_lr_scale_multiplies_the_batchnorm_groups_lr(data_dir, tmp_path):
+    """Under AdamW a parameter moves about lr per step whatever the penalty: bn_lr_scale is
+    how a short sparse run takes gammas further. Only the BN group's lr is scaled, every
+    step, and the setting is saved for a resume."""
+    baseline = save_checkpoint(tmp_path / "baseline.pt", new_model(), {"stage": "train"})
+    moved = {}
+    for scale in (1.0, 4.0):
+        config = small_config(
+            data_dir, tmp_path / "runs", name=f"x{scale:g}", optimizer="AdamW", lr0=1e-3,
+            grad_clip=None,
+        )  # fmt: skip
+        with pytest.warns(UserWarning, match="larger than the gradient of 100%"):
+            result = sparse_train(
+                config, 1.0, "constant", weights=baseline, bn_lr_scale=scale, probe_steps=2
+            )
+        report = json.loads((result.run_dir / "penalty.json").read_text())
+        assert report["dominated_share"] == 1.0 and report["penalty"] == 8.0  # N * s
+        assert 0 < report["suggested_s"] < 1.0
+        with (result.run_dir / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            lr = {k: float(row[k]) for k in ("lr/pg0", "lr/pg1", "lr/pg2")}
+            assert lr["lr/pg1"] == pytest.approx(lr["lr/pg0"])
+            assert lr["lr/pg2"] == pytest.approx(scale * lr["lr/pg0"])
+        model, meta = load_checkpoint(result.last)
+        assert meta["sparsity"]["bn_lr_scale"] == scale
+        gammas = torch.cat(
+            [model.get_submodule(p).weight.detach().abs() for p in prunable_bn_paths(model)]
+        )
+        moved[scale] = 1.0 - float(gammas.median())
+    # s = 1 dominates every gamma's gradient: each moves ~lr per step, 4x as far at x4
+    assert moved[4.0] > 3 * moved[1.0] > 0
+    with pytest.raises(ValueError, match="bn_lr_scale"):
+        SparsityCallback(1e-3, bn_lr_scale=0)
