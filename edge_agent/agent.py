@@ -244,6 +244,10 @@ class Agent:
             spool_pressure=self.spool.under_pressure,
             uplink_connected=bool(self.uplink and self.uplink.connected),
             last_update=self.updater.last_update if self.updater else None,
+            uplink_error=(
+                self.uplink.last_error if self.uplink and not self.uplink.connected else ""
+            ),
+            fleet_error=self.heartbeat.last_error if self.heartbeat else "",
         )
 
 

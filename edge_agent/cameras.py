@@ -8,7 +8,10 @@ after ``max_retries`` (``CAMERA_FAILED``), and a finite source that played out i
 ``CAMERA_ENDED``. Its state, FPS and last error are what the heartbeat reports.
 
 Reads run in a thread of the camera's own, so a stream that hangs in OpenCV blocks
-neither the event loop nor the other cameras.
+neither the event loop nor the other cameras. A network stream has open and read
+timeouts (``open_timeout_s``, ``read_timeout_s``): a camera that goes silent is lost and
+retried like one that refuses the connection, instead of hanging as RUNNING. Errors name
+a stream by its URL without user name and password (they reach the logs and the fleet).
 
 Back-pressure. Each camera may have at most ``QUEUED_PER_CAMERA`` frames waiting for
 inspection. A live source (device, stream, synthetic) then skips frames (counted): the
@@ -33,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -107,11 +111,21 @@ class Source(ABC):
 class CaptureSource(Source):
     """An OpenCV ``VideoCapture``: a video file (resumable, optionally looped), a device or URL."""
 
-    def __init__(self, target: str | int, *, is_file: bool, loop: bool = False) -> None:
+    def __init__(
+        self,
+        target: str | int,
+        *,
+        is_file: bool,
+        loop: bool = False,
+        label: str | None = None,
+        params: tuple[int, ...] = (),
+    ) -> None:
         self.target = target
         self.is_file = is_file
         self.loop = loop
         self.live = not is_file
+        self.label = label or str(target)  # what errors and logs call it (no credentials)
+        self._params = list(params)  # VideoCapture open parameters (timeouts of a stream)
         self._cap: cv2.VideoCapture | None = None
         self._index = 0  # index of the next frame in the file
         self._ended = False
@@ -119,10 +133,13 @@ class CaptureSource(Source):
     def _open_capture(self) -> cv2.VideoCapture:
         if self.is_file and not Path(str(self.target)).is_file():
             raise SourceError(f"video file {self.target} does not exist")
-        cap = cv2.VideoCapture(self.target)
+        if self._params:
+            cap = cv2.VideoCapture(self.target, cv2.CAP_ANY, self._params)
+        else:
+            cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {self.target}")
+            raise SourceError(f"cannot open {self.label}")
         return cap
 
     def open(self, resume: str | None) -> None:
@@ -152,7 +169,7 @@ class CaptureSource(Source):
         ok, image = self._cap.read()
         if not ok or image is None:
             if not self.is_file:
-                raise SourceError(f"lost {self.target}: no frame")
+                raise SourceError(f"lost {self.label}: no frame")
             if not self.loop:
                 self._ended = True
                 return None
@@ -161,7 +178,7 @@ class CaptureSource(Source):
             self._index = 0
             ok, image = self._cap.read()
             if not ok or image is None:
-                raise SourceError(f"{self.target} gives no frame")
+                raise SourceError(f"{self.label} gives no frame")
         position = str(self._index) if self.is_file else None
         self._index += 1
         return Grab(image, position)
@@ -304,7 +321,17 @@ def make_source(settings: CameraSettings) -> Source:
     if isinstance(settings, DeviceCamera):
         return _DeviceSource(settings)
     if isinstance(settings, UrlCamera):
-        return CaptureSource(settings.url, is_file=False)
+        return CaptureSource(
+            settings.url,
+            is_file=False,
+            label=redact_url(settings.url),
+            params=(
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                round(settings.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                round(settings.read_timeout_s * 1000),
+            ),
+        )
     if isinstance(settings, FolderCamera):
         return FolderSource(
             settings.path,
@@ -323,11 +350,21 @@ def make_source(settings: CameraSettings) -> Source:
     raise TypeError(f"unknown camera settings {type(settings).__name__}")
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its user name and password (``rtsp://***@cam:554/...``), for messages:
+    a camera's error goes to the logs and, with the heartbeat, to the fleet."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 class _DeviceSource(CaptureSource):
     """A capture device, with the frame size asked of the driver when configured."""
 
     def __init__(self, settings: DeviceCamera) -> None:
-        super().__init__(settings.index, is_file=False)
+        index = settings.index
+        super().__init__(index, is_file=False, label=f"capture device {index} (/dev/video{index})")
         self._size = (settings.width, settings.height)
 
     def open(self, resume: str | None) -> None:

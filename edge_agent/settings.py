@@ -240,6 +240,12 @@ class UrlCamera(_Camera):
 
     type: Literal["url"]
     url: str
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="opening the stream takes longer: retried"
+    )
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="a stream silent this long is lost: retried"
+    )
 
     @field_validator("url")
     @classmethod

@@ -62,6 +62,8 @@ class AgentStatus:
     spool_pressure: bool
     uplink_connected: bool
     last_update: fleet_pb2.UpdateResult | None = None
+    uplink_error: str = ""  # why the uplink is down (a refused connection, a TLS failure, ...)
+    fleet_error: str = ""  # why the last heartbeat failed ("" when it got its reply)
     health: int = field(init=False)
     problems: tuple[str, ...] = field(init=False)
 
@@ -111,6 +113,8 @@ class AgentStatus:
             "model": str(self.model) if self.model else None,
             "fps": round(self.fps, 2),
             "uplink_connected": self.uplink_connected,
+            "uplink_error": self.uplink_error,
+            "fleet_error": self.fleet_error,
             "spool": {
                 "depth": self.spool.depth,
                 "bytes": self.spool.bytes,
@@ -142,7 +146,8 @@ def assess(status: AgentStatus) -> tuple[int, tuple[str, ...]]:
         if c.state in _BAD_CAMERA:
             problems.append(f"camera {c.camera} {fleet_pb2.CameraState.Name(c.state)}: {c.error}")
     if not status.uplink_connected:
-        problems.append("uplink to the aggregator is down")
+        why = f": {status.uplink_error}" if status.uplink_error else ""
+        problems.append(f"uplink to the aggregator is down{why}")
     if status.spool_pressure:
         problems.append("spool above its summarising threshold")
     if status.spool.dropped_events:

@@ -118,7 +118,7 @@ class Uplink:
         if channel.get_state() != grpc.ChannelConnectivity.READY:
             raise StreamLost(
                 f"no connection to {self.settings.endpoint} within "
-                f"{self.settings.connect_timeout_s:g} s"
+                f"{self.settings.connect_timeout_s:g} s{await self._connect_error(stub)}"
             )
         call = stub.Report(metadata=self._metadata)
         self.connected = True
@@ -143,6 +143,30 @@ class Uplink:
             for task in (sender, receiver):
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, StreamLost):
                     await task
+
+    async def _connect_error(self, stub: inspection_pb2_grpc.IngestStub) -> str:
+        """Why the channel does not connect (``": <gRPC's last error>"``), else ``""``.
+
+        ``channel_ready`` only times out; a call that fails fast is told the channel's last
+        error: connection refused, a name that does not resolve, a TLS handshake that failed
+        (``CERTIFICATE_VERIFY_FAILED``: the server's certificate is not signed by
+        ``uplink.tls.ca``), which is what the log and /healthz should say.
+        """
+        call = stub.Report(
+            metadata=self._metadata,
+            wait_for_ready=False,
+            timeout=min(1.0, self.settings.connect_timeout_s),
+        )
+        try:
+            await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and exc.details():
+                return f": {exc.details()}"
+        except Exception as exc:  # noqa: BLE001 (only an explanation is at stake)
+            log.debug("no reason for the missing connection", extra={"error": repr(exc)})
+        finally:
+            call.cancel()
+        return ""
 
     async def _send(self, call: grpc.aio.StreamStreamCall, stop: asyncio.Event) -> None:
         s = self.settings

@@ -8,8 +8,11 @@ the events in Redis tell exactly which frames arrived, and how often.
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import inspect
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -63,6 +66,40 @@ def write_video(path: Path, frames: int, *, width: int = 80, height: int = 60) -
     for _ in range(frames):
         writer.write(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
     writer.release()
+
+
+class FileServer:
+    """The files of ``folder`` over HTTP on loopback: a network camera for OpenCV's FFmpeg
+    backend (``url`` camera). :meth:`stop` makes it go away (connections refused);
+    :meth:`start` brings it back on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> FileServer:
+        handler = functools.partial(_QuietHandler, directory=str(self.folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def station_config(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -116,6 +117,11 @@ def test_video_and_folder_cameras_reach_redis_exactly_once(
     assert 'slimspect_agent_model{name="tiny-yolo",version="1.0.0"} 1.0' in text
     assert 'slimspect_agent_camera_state{camera="line",state="ENDED"} 1.0' in text
     assert "slimspect_agent_inference_seconds_bucket" in text
+    assert "slimspect_agent_spool_events 0.0" in text  # read after the spool emptied
+    sent = re.search(r"^slimspect_agent_events_sent_total (\S+)$", text, re.MULTILINE)
+    assert sent and float(sent.group(1)) >= 20  # 20, or more after a resend
+    assert 'slimspect_agent_events_dropped_total{unit="events"} 0.0' in text
+    assert 'slimspect_agent_camera_state{camera="scans",state="RUNNING"} 1.0' in text
 
 
 def test_a_camera_that_dies_mid_run_stops_neither_the_agent_nor_the_others(

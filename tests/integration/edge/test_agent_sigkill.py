@@ -1,11 +1,12 @@
 """The agent as a process (``python -m edge_agent``), killed with SIGKILL mid-stream and
 started again: nothing that was stored is lost, no frame is stored twice, every frame of
-the camera arrives; and SIGTERM stops it cleanly.
+the camera arrives; SIGTERM stops it cleanly; and it logs JSON lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -106,3 +107,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
     spool = Spool(spool_path, max_bytes=1 << 30)
     assert spool.stats().depth == 0  # everything acked and removed; the file is sound
     spool.close()
+    # Its logs are JSON, one object a line (OpenCV and gRPC write plain text to stderr).
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    starts = [r for r in records if r["msg"] == "agent starting"]
+    assert len(starts) == 2 and all(r["station"] == station for r in starts)
+    assert [r["msg"] for r in records].count("agent stopped") == 1  # SIGKILL leaves no word

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from agent_harness import agent_running, folder_camera, settings_of, station_config, write_config
@@ -75,6 +76,13 @@ def test_unreadable_or_missing_models_name_their_key(station, tmp_path, model_st
     assert error.key == "model.version" and "not found" in str(error)
 
 
+def test_execution_providers_that_are_not_there_name_their_key(station):
+    error = start_error(
+        station(runtime={"providers": ["NoSuchExecutionProvider", "CPUExecutionProvider"]})
+    )
+    assert error.key == "runtime.providers" and "NoSuchExecutionProvider" in str(error)
+
+
 def test_a_model_directory_is_verified_cached_and_used(station, tmp_path, model_store, tiny_model):
     publish_good(model_store, tiny_model, "1.0.0")
     fetched = model_store.fetch("tiny-yolo", "1.0.0", tmp_path / "provisioned")
@@ -94,8 +102,10 @@ def test_the_command_exits_2_and_names_the_key(station, tmp_path):
     config = write_config(
         tmp_path / "station.yaml", station(uplink={"endpoint": "nowhere.invalid:1"})
     )
+    slimspect = Path(sys.executable).with_name("slimspect")  # the console script
+    command = [str(slimspect)] if slimspect.exists() else [sys.executable, "-m", "slimspect.cli"]
     result = subprocess.run(
-        [sys.executable, "-m", "edge_agent", "--config", str(config)],
+        [*command, "agent", "--config", str(config)],
         check=False,
         capture_output=True,
         text=True,

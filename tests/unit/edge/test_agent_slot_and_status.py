@@ -95,6 +95,30 @@ def test_health_follows_cameras_model_uplink_and_spool():
     assert not request.HasField("last_update") and request.sent_at_ms == 123
 
 
+def test_healthz_says_why_the_uplink_and_the_heartbeat_fail():
+    tls = "failed to connect to all addresses; ... CERTIFICATE_VERIFY_FAILED"
+    down = AgentStatus(
+        station="st",
+        agent_version="0.1.0",
+        model=MODEL,
+        cameras=(CameraReport("c0", fleet_pb2.CAMERA_RUNNING, 5.0),),
+        spool=SpoolStats(3, 300, 0, 0),
+        spool_pressure=False,
+        uplink_connected=False,
+        uplink_error=f"no connection to agg:50051 within 5 s: {tls}",
+        fleet_error=f"UNAVAILABLE: {tls}",
+    )
+    report = down.to_dict()
+    assert report["health"] == "DEGRADED"
+    assert report["problems"] == [
+        f"uplink to the aggregator is down: no connection to agg:50051 within 5 s: {tls}"
+    ]
+    assert report["uplink_error"].endswith(tls) and report["fleet_error"].endswith(tls)
+    assert status(fleet_pb2.CAMERA_RUNNING, uplink=False).problems == (
+        "uplink to the aggregator is down",
+    )
+
+
 def test_rate_meter_counts_over_its_window():
     meter = RateMeter(window_s=2.0)
     for t in range(10):
