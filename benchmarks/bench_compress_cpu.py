@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--distill-epochs", type=int, default=15)
     parser.add_argument("--feat-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--teacher", choices=("sparse", "baseline"), default="sparse",
+        help="the distillation teacher (baseline: when sparse training cost accuracy)",
+    )  # fmt: skip
     parser.add_argument("--split", default="val")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-ablation", action="store_true")
@@ -123,6 +127,7 @@ def main() -> None:
         layers=args.layers,
         distill_epochs=args.distill_epochs,
         feat_weight=args.feat_weight,
+        teacher=args.teacher,
         overrides=overrides,
         split=args.split,
         repeats=args.repeats,
@@ -144,6 +149,7 @@ def main() -> None:
             "layers": args.layers,
             "distill_epochs": args.distill_epochs,
             "feat_weight": args.feat_weight,
+            "teacher": args.teacher,
             "overrides": overrides,
             "split": args.split,
         },
