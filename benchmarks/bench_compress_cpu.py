@@ -78,7 +78,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=BASELINE)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "compress-cpu")
     parser.add_argument("--sparse-epochs", type=int, default=15)
-    parser.add_argument("--s", type=float, default=1e-3)
+    parser.add_argument(
+        "--s", type=lambda t: t if t == "auto" else float(t), default=1e-3,
+        help="the L1 factor, or auto (measured on the first steps)",
+    )  # fmt: skip
     parser.add_argument("--schedule", default="global_decay")
     parser.add_argument(
         "--proximal", action="store_true",

@@ -259,7 +259,7 @@ def compress(
     data: str | Path | None = None,
     out_dir: str | Path = "runs/compress",
     sparse_epochs: int = 30,
-    s: float = 1e-3,
+    s: float | str = 1e-3,
     schedule: str = "constant",
     proximal: bool = False,
     bn_lr_scale: float = 1.0,
@@ -499,7 +499,7 @@ def compress(
         "bench": run_bench,
     }
     titles = {
-        "sparse": f"s={s:g} {schedule}{' proximal' if proximal else ''}"
+        "sparse": f"s={s if isinstance(s, str) else format(s, 'g')} {schedule}{' proximal' if proximal else ''}"
         + (f", BN lr x{bn_lr_scale:g}" if bn_lr_scale != 1 else "")
         + f", {sparse_epochs} epoch(s)",
         "prune": ", ".join(

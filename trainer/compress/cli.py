@@ -17,6 +17,26 @@ import click
 from trainer.cli import _CTX, _load_checkpoint, _read_data, _run_dir, run_training, train_options
 
 
+class _SFactor(click.ParamType):
+    """A non-negative float, or ``auto``."""
+
+    name = "FLOAT|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return number
+
+
+S_FACTOR = _SFactor()
+
+
 @click.command("prune", context_settings=_CTX)
 @click.option(
     "--model",
@@ -109,10 +129,11 @@ def prune(
 @click.option(
     "--s",
     "s",
-    type=click.FloatRange(min=0),
-    default=1e-3,
+    type=S_FACTOR,
+    default="1e-3",
     show_default=True,
-    help="L1 factor on the prunable BatchNorm scales (per image of the loss).",
+    help="L1 factor on the prunable BatchNorm scales (per image of the loss), or 'auto': "
+    "measured on the first steps so the penalty outweighs 70%% of their gradients.",
 )
 @click.option(
     "--schedule",
@@ -246,8 +267,8 @@ def _compress_errors() -> tuple[type[Exception], ...]:
 )
 @click.option("--sparse-epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option(
-    "--s", "s", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-    help="L1 factor on the prunable BatchNorm scales.",
+    "--s", "s", type=S_FACTOR, default="1e-3", show_default=True,
+    help="L1 factor on the prunable BatchNorm scales, or 'auto' (see slimspect sparse).",
 )  # fmt: skip
 @click.option(
     "--schedule",

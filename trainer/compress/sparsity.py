@@ -33,6 +33,8 @@ nothing. The gammas' gradients are small (median |dL/dgamma| ~2e-5 for yolov4-s 
 8), so useful values of s are ~1e-6 .. 1e-5, far below the literature's 1e-4 .. 1e-3;
 every run writes ``penalty.json`` (the gradient quantiles, the share of channels the
 penalty dominates, a suggested s) and warns when it dominates nearly all of them.
+``s="auto"`` runs the probe's first steps without a penalty and then uses the s whose
+penalty dominates ``auto_share`` (70 %) of the channels.
 
 AdamW: its step is about ``lr`` for any parameter whose gradient is dominated by the
 penalty, whatever s is, so a gamma travels at most ``lr * steps``: 0.5 in 500 steps at
@@ -94,6 +96,7 @@ from trainer.compress.dependency import DependencyGraph, dependency_graph
 from trainer.compress.penalty_probe import DOMINATED_WARNING, PenaltyProbe
 
 __all__ = [
+    "AUTO_SHARE",
     "SCHEDULES",
     "THRESHOLDS",
     "SparsityCallback",
@@ -105,6 +108,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "global_decay", "local_decay")
+AUTO_SHARE = 0.7  # s="auto": the penalty dominates this share of the gammas' gradients
 THRESHOLDS = (1e-3, 1e-2, 0.05, 0.1)
 
 
@@ -204,13 +208,14 @@ class SparsityCallback(Callback):
 
     def __init__(
         self,
-        s: float = 1e-3,
+        s: float | str = 1e-3,
         schedule: str = "constant",
         *,
         proximal: bool = False,
         reduction: Literal["per_image", "per_step"] = "per_image",
         bn_lr_scale: float = 1.0,
         probe_steps: int = 20,
+        auto_share: float = AUTO_SHARE,
         decay_start: float = 0.5,
         decay_factor: float = 0.01,
         decay_shape: Literal["step", "cosine"] = "step",
@@ -224,8 +229,15 @@ class SparsityCallback(Callback):
             raise ValueError(f"reduction must be per_image or per_step, got {reduction!r}")
         if not bn_lr_scale > 0:
             raise ValueError(f"bn_lr_scale must be > 0, got {bn_lr_scale}")
+        if isinstance(s, str) and s != "auto":
+            raise ValueError(f"s is a number or 'auto', got {s!r}")
+        if not 0 < auto_share < 1:
+            raise ValueError(f"auto_share must be in (0, 1), got {auto_share}")
+        # "auto": no penalty during the probe's steps, then the s it suggests (auto_share)
+        self.auto = s == "auto"
+        self.auto_share = float(auto_share)
         self.settings = {
-            "s": float(s),
+            "s": 0.0 if self.auto else float(s),
             "kind": schedule,
             "decay_start": float(decay_start),
             "decay_factor": float(decay_factor),
@@ -338,8 +350,14 @@ class SparsityCallback(Callback):
         self.probe.add(torch.cat([g.detach().flatten() for g in grads]))
         if not self.probe.done:
             return
-        report = self.probe.report(self.coefficient(), self.images_per_step())
-        self.probe = None
+        probe, self.probe = self.probe, None
+        if self.auto:  # the probe's steps ran without a penalty: now set it
+            self.auto = False
+            suggested = probe.report(0.0, self.images_per_step(), self.auto_share)["suggested_s"]
+            self.settings["s"] = suggested
+            self.schedule = SparsitySchedule(**self.settings, epochs=self.ctx.config.epochs)
+        report = probe.report(self.coefficient(), self.images_per_step(), self.auto_share)
+        report["s"] = self.settings["s"]
         report["proximal"] = self.proximal
         self.ctx.run_dir.mkdir(parents=True, exist_ok=True)
         (self.ctx.run_dir / "penalty.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -406,6 +424,7 @@ class SparsityCallback(Callback):
             "proximal": self.proximal,
             "reduction": self.reduction,
             "bn_lr_scale": self.bn_lr_scale,
+            "s_auto": self.auto,  # True only while the probe has not set s yet
             "penalised_bns": len(self.bn_paths),
         }
 
@@ -413,7 +432,7 @@ class SparsityCallback(Callback):
     def from_metadata(cls, meta: Mapping[str, Any], **kwargs: Any) -> SparsityCallback:
         keys = ("decay_start", "decay_factor", "decay_shape", "keep_frac", "local_factor")
         return cls(
-            meta["s"],
+            "auto" if meta.get("s_auto") else meta["s"],
             meta["schedule"],
             proximal=meta.get("proximal", False),
             reduction=meta.get("reduction", "per_image"),
@@ -469,7 +488,7 @@ def read_sparsity_csv(path: str | Path) -> list[dict[str, float]]:
 
 def sparse_train(
     config,
-    s: float = 1e-3,
+    s: float | str = 1e-3,
     schedule: str = "constant",
     *,
     weights: str | Path | None = None,

@@ -355,3 +355,35 @@ def test_bn_lr_scale_multiplies_the_batchnorm_groups_lr(data_dir, tmp_path):
     assert moved[4.0] > 3 * moved[1.0] > 0
     with pytest.raises(ValueError, match="bn_lr_scale"):
         SparsityCallback(1e-3, bn_lr_scale=0)
+
+
+def test_auto_s_is_set_from_the_first_steps_gradients(data_dir, tmp_path):
+    """s="auto": the probe's steps run without a penalty, then s is the one whose penalty
+    outweighs 70 % of the gammas' mean |grad|; it is what the checkpoint and penalty.json
+    record, and a resume keeps it."""
+    baseline = save_checkpoint(tmp_path / "baseline.pt", new_model(), {"stage": "train"})
+    config = small_config(data_dir, tmp_path / "runs", name="auto", grad_clip=None)
+    result = sparse_train(config, "auto", "constant", weights=baseline, probe_steps=2)
+    report = json.loads((result.run_dir / "penalty.json").read_text())
+    _, meta = load_checkpoint(result.last)
+    assert meta["sparsity"]["s"] == report["s"] == report["suggested_s"] > 0
+    assert meta["sparsity"]["s_auto"] is False
+    assert report["dominated_share"] == pytest.approx(0.7, abs=0.01)
+    rows = read_sparsity_csv(result.run_dir / "sparsity.csv")
+    assert rows[-1]["s"] == pytest.approx(report["s"], rel=1e-4)
+    resumed = SparsityCallback.from_metadata(meta["sparsity"])
+    assert resumed.settings["s"] == report["s"] and not resumed.auto
+    with pytest.raises(ValueError, match="'auto'"):
+        SparsityCallback("often")
+
+
+def test_s_option_takes_a_number_or_auto():
+    import click
+
+    from trainer.compress.cli import S_FACTOR
+
+    assert S_FACTOR.convert("auto", None, None) == "auto"
+    assert S_FACTOR.convert("1e-5", None, None) == 1e-5
+    for bad in ("-1", "lots"):
+        with pytest.raises(click.BadParameter):
+            S_FACTOR.convert(bad, None, None)
