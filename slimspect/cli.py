@@ -35,6 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("services.api.client_cli:rollout", "Start, inspect, promote and roll back rollouts (through the API)."),
     "agent": ("edge_agent.cli:agent", "Run a station agent: cameras, ONNX Runtime, spool, gRPC uplink, heartbeat, verified model updates."),
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
+    "up": ("slimspect.stack_cli:up", "Start the embedded stack (Redis, S3, Ray, aggregator, API, N stations) in the background."),
+    "down": ("slimspect.stack_cli:down", "Stop every process of the embedded stack."),
+    "status": ("slimspect.stack_cli:status", "Show what the embedded stack runs: pids, health, URLs, logs."),
 }
 
 

@@ -39,7 +39,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from typing import IO, Any, Self
 import urllib3
 from minio import Minio
 
+from slimspect.embedded.ports import port_free
 from slimspect.errors import EmbeddedServiceError
 from slimspect.settings import StoreSettings
 
@@ -115,16 +115,6 @@ class SeaweedPorts:
         return http + [p + GRPC_OFFSET for p in http]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _pick_ports(s3_port: int | None = None) -> SeaweedPorts:
     """Random loopback ports whose http and grpc (+10000) ports are both free."""
     rng = random.SystemRandom()
@@ -138,7 +128,7 @@ def _pick_ports(s3_port: int | None = None) -> SeaweedPorts:
         for _ in range(200):
             port = rng.randrange(*_PORT_RANGE)
             pair = {port, port + GRPC_OFFSET}
-            if not pair & taken and all(_port_free(p) for p in pair):
+            if not pair & taken and all(port_free(p) for p in pair):
                 chosen[component] = port
                 taken |= pair
                 break
@@ -277,6 +267,13 @@ class SeaweedS3:
             self._log_file.close()
             self._log_file = None
 
+    def remove_stale_sockets(self) -> None:
+        """Removes the grpc unix sockets of a ``weed`` stopped by another process (by pid,
+        as ``slimspect down`` does), from the ports saved in ``seaweed.json``."""
+        if self.ports is None and self._saved_ports:
+            self.ports = SeaweedPorts(**self._saved_ports)
+        self._remove_grpc_sockets()
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of ``weed.log``."""
         try:
@@ -307,7 +304,7 @@ class SeaweedS3:
         if saved:
             ports = SeaweedPorts(**saved)
             wanted = self._requested_s3_port in (None, ports.s3)
-            if wanted and all(_port_free(p) for p in ports.all_ports()):
+            if wanted and all(port_free(p) for p in ports.all_ports()):
                 return ports
         return _pick_ports(self._requested_s3_port)
 
