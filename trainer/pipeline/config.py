@@ -6,8 +6,9 @@ Every section has defaults that run on the synthetic data set (``data.path`` uns
 the data stage draws ``data.images`` synthetic images). A stage's record holds its
 section (plus the shared ``train`` section for the training stages): rerunning a run id
 with other settings for a finished stage is an error, never a silent overwrite. The
-``ray`` section and ``train.device`` are machine settings: they may change between a run
-and its rerun.
+``ray`` section, ``train.device`` and ``sweep.cpus_per_trial`` / ``max_concurrent_trials``
+are machine settings: they may change between a run and its rerun. The ``sweep`` stage is
+optional (``sweep.enabled``, off by default).
 """
 
 from __future__ import annotations
@@ -101,6 +102,38 @@ class PruneSection(_Section):
         return self
 
 
+class SweepSection(_Section):
+    """Ray Tune over the sparsity factor and the prune ratio (off by default); see
+    :mod:`trainer.pipeline.sweep`. When on, its choice is the sparse stage's ``s`` and the
+    prune stage's ``percent`` (``prune.percent`` / ``max_map_drop`` are then not used)."""
+
+    enabled: bool = False
+    s: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2], min_length=1)
+    percent: list[float] = Field(default_factory=lambda: [30.0, 50.0, 70.0], min_length=1)
+    epochs: int = Field(default=5, ge=1, description="sparse epochs per trial")
+    finetune_epochs: int = Field(default=2, ge=0)
+    max_map_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    grace_period: int = Field(default=1, ge=1, description="ASHA: epochs before a stop")
+    reduction_factor: float = Field(default=2.0, gt=1.0, description="ASHA")
+    # machine settings (not part of the stage's record)
+    cpus_per_trial: float = Field(default=1.0, gt=0.0)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+
+    @field_validator("s")
+    @classmethod
+    def _s(cls, values: list[float]) -> list[float]:
+        if any(v < 0 for v in values):
+            raise ValueError("sparsity factors must be >= 0")
+        return values
+
+    @field_validator("percent")
+    @classmethod
+    def _percent(cls, values: list[float]) -> list[float]:
+        if any(not 0 <= v < 100 for v in values):
+            raise ValueError("prune ratios must be in [0, 100)")
+        return values
+
+
 class DistillSection(_Section):
     epochs: int = Field(default=20, ge=1)
     teacher: Literal["sparse", "baseline"] = "sparse"
@@ -170,6 +203,7 @@ class PipelineConfig(_Section):
     data: DataSection = DataSection()
     train: TrainSection = TrainSection()
     baseline: BaselineSection = BaselineSection()
+    sweep: SweepSection = SweepSection()
     sparse: SparseSection = SparseSection()
     prune: PruneSection = PruneSection()
     distill: DistillSection = DistillSection()

@@ -6,8 +6,10 @@ set, the checkpoints the stage starts from) into a node-local cache, then calls 
 training loop (:func:`trainer.engine.train`, or ``sparse_train`` / ``distill_train``
 around it) as one replica of a data-parallel run
 (:class:`trainer.pipeline.data_parallel.DataParallel`: its shard of every epoch, gradients
-summed over the workers). After every epoch rank 0 reports its run folder
-(``weights/last.pt``, ``best.pt``, ``results.csv``) as a Ray checkpoint, stored through a
+summed over the workers). Rank 0 writes ``workers.json`` into its run folder: the Ray node
+id, host and pid of every rank, so a run shows where it trained. After every epoch rank 0
+reports its run folder (``weights/last.pt``, ``best.pt``, ``results.csv``,
+``workers.json``) as a Ray checkpoint, stored through a
 pyarrow S3 filesystem under ``runs/<id>/<stage>/ray/``; with ``FailureConfig`` a lost
 worker restarts the group, which resumes from the last checkpoint (``last.pt`` carries the
 optimizer, EMA and schedule state, so the resumed run continues exactly).
@@ -25,9 +27,10 @@ from trainer.callbacks import Callback, TrainContext
 from trainer.pipeline.data_parallel import DataParallel
 from trainer.pipeline.run_store import RAY_FOLDER, RunStore
 
-__all__ = ["KINDS", "fit_stage", "train_loop"]
+__all__ = ["KINDS", "WORKERS_FILE", "fetch_inputs", "fit_stage", "train_loop"]
 
 KINDS = ("baseline", "sparse", "distill")
+WORKERS_FILE = "workers.json"  # in a training stage's folder: where each rank ran
 
 
 class _Report(Callback):
@@ -76,6 +79,57 @@ def _epochs_done(last: Path) -> int:
     return int((payload.get("metadata") or {}).get("epoch", 0))
 
 
+def fetch_inputs(
+    runs: RunStore,
+    cache: Path,
+    data_rel: str,
+    files: list[str],
+    versions: Mapping[str, str] | None = None,
+) -> tuple[Path, list[Path]]:
+    """The data set and ``files`` (run-relative store paths) in the node-local ``cache``:
+    ``(data entry, [file paths])``. ``versions`` maps a stage name (a path's first
+    component) to the id of its record: each version gets its own folder, so a stage that
+    was redone under the same run id is never answered from a stale copy."""
+    versions = dict(versions or {})
+
+    def folder(rel: str) -> Path:
+        version = versions.get(rel.split("/")[0])
+        return cache / f"v-{version[:16]}" if version else cache
+
+    data_root = folder("data")
+    runs.download_prefix("data", data_root / "data", skip=(RAY_FOLDER,))
+    paths = []
+    for rel in files:
+        target = folder(rel) / rel
+        if not target.is_file():
+            runs.download_file(rel, target)
+        paths.append(target)
+    return data_root / data_rel, paths
+
+
+def _record_workers(run_dir: Path, rank: int, world: int) -> None:
+    """``workers.json`` (rank 0): node id, host and pid of every rank of this group."""
+    import json
+    import os
+    import socket
+
+    import ray
+    import torch.distributed as dist
+
+    me = {
+        "rank": rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    everyone: list[Any] = [me]
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        everyone = [None] * world
+        dist.all_gather_object(everyone, me)
+    if rank == 0:
+        (run_dir / WORKERS_FILE).write_text(json.dumps(everyone, indent=2) + "\n")
+
+
 def train_loop(cfg: dict[str, Any]) -> None:
     """One Ray Train worker of a training stage (``cfg``: see :func:`fit_stage`)."""
     import ray.train
@@ -91,11 +145,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     # ---- inputs from the store, into the node-local cache -----------------------------
     runs = RunStore(StoreSettings(**cfg["store"]), cfg["run_id"])
     cache = Path(cfg["cache"])
-    runs.download_prefix("data", cache / "data", skip=(RAY_FOLDER,))
-    for rel in cfg["files"]:
-        if not (cache / rel).is_file():
-            runs.download_file(rel, cache / rel)
-    args = {**cfg["train_args"], "data": str(cache / cfg["train_args"]["data"])}
+    data, paths = fetch_inputs(
+        runs, cache, cfg["train_args"]["data"], cfg["files"], cfg.get("versions")
+    )
+    local = dict(zip(cfg["files"], paths, strict=True))
+    args = {**cfg["train_args"], "data": str(data)}
     if rank != 0:
         args.update(verbose=False, plots=False)
     config = TrainConfig.from_dict(args)
@@ -113,6 +167,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             report({"epoch": config.epochs, "final": 1}, run_dir if rank == 0 else None)
             return
         resume = last
+    _record_workers(run_dir, rank, world)
 
     dp = DataParallel(rank, world)
     callbacks = [dp, _Report(rank)]
@@ -131,13 +186,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
         from trainer.compress.sparsity import sparse_train
 
         if resume is None:
-            options["weights"] = cache / cfg["files"][0]
+            options["weights"] = local[cfg["files"][0]]
         sparse_train(config, **options, **common)
     elif kind == "distill":
         from trainer.compress.distill import distill_train
 
-        teacher = cache / options.pop("teacher")
-        student = cache / options.pop("student")
+        teacher = local[options.pop("teacher")]
+        student = local[options.pop("student")]
         distill_train(config, teacher, None if resume else student, **options, **common)
     else:
         raise ValueError(f"unknown training stage {kind!r}; known: {', '.join(KINDS)}")
@@ -158,6 +213,7 @@ def fit_stage(
     torch_threads: int,
     max_failures: int,
     cache: Path,
+    versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run a training stage on the Ray cluster ``ray.init`` connected to; its final run
     folder (rank 0's) is copied to ``out_dir``. Returns the last reported metrics.
@@ -169,6 +225,8 @@ def fit_stage(
         files: run-relative store paths the workers fetch into ``cache`` (sparse: the
             starting checkpoint first; distill: ``options["teacher"/"student"]`` name them).
         options: keyword arguments of ``sparse_train`` / ``distill_train``.
+        versions: ``stage -> record id`` of the stages ``files`` and the data come from
+            (see :func:`fetch_inputs`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -190,6 +248,7 @@ def fit_stage(
             "cache": str(cache),
             "train_args": dict(train_args),
             "files": list(files),
+            "versions": dict(versions or {}),
             "options": dict(options),
             "torch_threads": torch_threads,
         },

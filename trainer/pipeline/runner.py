@@ -1,7 +1,7 @@
 """Run the pipeline: every stage in order, resumable through the store.
 
     result = run_pipeline(PipelineConfig.load("pipeline.yaml"), StoreSettings(), run_id="r1")
-    result.outcomes   # per stage: ran / skipped, seconds, why
+    result.outcomes   # per stage: ran / skipped / off, seconds, why
     result.published  # the registry entry (publish stage's record)
 
 The run's folder in the store, ``runs/<run_id>/``, holds each stage's outputs and its
@@ -27,7 +27,14 @@ from trainer.compress.chain import hms
 from trainer.pipeline.config import PipelineConfig, check_run_id
 from trainer.pipeline.records import DONE, STARTED, decide, done_record, started_record
 from trainer.pipeline.run_store import RAY_FOLDER, RunStore
-from trainer.pipeline.stages import RUNNERS, STAGES, UPSTREAM, PipelineRun, stage_settings
+from trainer.pipeline.stages import (
+    RUNNERS,
+    STAGES,
+    PipelineRun,
+    enabled_stages,
+    stage_settings,
+    stage_upstream,
+)
 
 __all__ = ["PipelineResult", "StageOutcome", "new_run_id", "run_pipeline"]
 
@@ -35,7 +42,7 @@ __all__ = ["PipelineResult", "StageOutcome", "new_run_id", "run_pipeline"]
 @dataclass(frozen=True)
 class StageOutcome:
     stage: str
-    status: str  # "ran" | "skipped"
+    status: str  # "ran" | "skipped" | "off" (an optional stage switched off)
     seconds: float
     reason: str
 
@@ -59,6 +66,10 @@ class PipelineResult:
     @property
     def skipped(self) -> list[str]:
         return [o.stage for o in self.outcomes if o.status == "skipped"]
+
+    @property
+    def off(self) -> list[str]:
+        return [o.stage for o in self.outcomes if o.status == "off"]
 
 
 def new_run_id() -> str:
@@ -118,16 +129,18 @@ def run_pipeline(
     )
     console.print(f"[bold]pipeline run {run_id}[/]: store {runs.url()}, workdir {workdir}")
     settings = stage_settings(config)
+    upstream = stage_upstream(config)
+    enabled = enabled_stages(config)
     runs.upload_file(config.dump(workdir / "pipeline.yaml"), "pipeline.yaml")  # the latest call's
 
     # ---- what runs: the first stage that must run, and every stage after it -------------
     plan = []
     finished: dict[str, dict[str, Any]] = {}
     earlier_ran = False
-    for name in STAGES:
+    for name in enabled:
         done = runs.read_json(f"{name}/{DONE}")
         started = runs.read_json(f"{name}/{STARTED}")
-        inputs = {u: (finished.get(u) or {}).get("id") for u in UPSTREAM[name]}
+        inputs = {u: (finished.get(u) or {}).get("id") for u in upstream[name]}
         outputs_exist = done is not None and all(
             runs.exists(rel) for rel in (done.get("outputs") or {}).values()
         )
@@ -141,11 +154,15 @@ def run_pipeline(
         plan.append((name, done, decision, started))
 
     to_run = [name for name, _, d, _ in plan if d.run]
-    needed = {u for name in to_run for u in UPSTREAM[name]} | {"bench", "publish"}
+    needed = {u for name in to_run for u in upstream[name]} | {"bench", "publish"}
+    off = [name for name in STAGES if name not in enabled]
     started_ray, dashboard = False, None
     outcomes: list[StageOutcome] = []
+    for name in off:
+        outcomes.append(StageOutcome(name, "off", 0.0, f"{name}.enabled: false"))
+        console.print(f"[dim]stage {name}: off ({name}.enabled: false)[/]")
     try:
-        n = len(STAGES)
+        n = len(enabled)
         for i, (name, done, decision, started) in enumerate(plan, 1):
             stage_dir = workdir / name
             if not decision.run:
@@ -159,13 +176,13 @@ def run_pipeline(
                     f"(took {hms(float(done.get('seconds', 0.0)))})[/]"
                 )
                 continue
-            if not started_ray and name in ("baseline", "sparse", "distill"):
+            if not started_ray and name in ("baseline", "sweep", "sparse", "distill"):
                 started_ray, dashboard = _start_ray(address)
                 if dashboard:
                     console.print(f"Ray dashboard: {dashboard}")
-            inputs = {u: run.records[u]["id"] for u in UPSTREAM[name]}
+            inputs = {u: run.records[u]["id"] for u in upstream[name]}
             # this stage runs: its record and every later one are stale from now on
-            for later in STAGES[i - 1 :]:
+            for later in STAGES[STAGES.index(name) :]:
                 runs.delete(f"{later}/{DONE}")
             resuming = started is not None and decision.attempt == started.get("attempt")
             if not resuming:
@@ -193,6 +210,7 @@ def run_pipeline(
 
             ray.shutdown()
 
+    outcomes.sort(key=lambda o: STAGES.index(o.stage))
     rows = json.loads(run.path("bench", "json").read_text())["rows"]
     publish = run.records.get("publish") or {}
     result = PipelineResult(
@@ -220,7 +238,10 @@ def print_summary(result: PipelineResult, console) -> None:
     for column in ("stage", "status", "time", "note"):
         table.add_column(column)
     for o in result.outcomes:
-        seconds = o.seconds if o.status == "ran" else result.records[o.stage].get("seconds", 0.0)
+        if o.status == "skipped":
+            seconds = result.records[o.stage].get("seconds", 0.0)
+        else:
+            seconds = o.seconds
         table.add_row(o.stage, o.status, hms(float(seconds)), o.reason)
     console.print(table)
     print_table(result.rows, console, title="compression")

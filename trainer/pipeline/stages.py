@@ -29,20 +29,48 @@ from trainer.pipeline.config import PipelineConfig
 from trainer.pipeline.records import PipelineError
 from trainer.pipeline.run_store import RunStore
 
-__all__ = ["RUNNERS", "STAGES", "UPSTREAM", "PipelineRun", "dataset_hash", "stage_settings"]
+__all__ = [
+    "OPTIONAL",
+    "RUNNERS",
+    "STAGES",
+    "UPSTREAM",
+    "PipelineRun",
+    "dataset_hash",
+    "enabled_stages",
+    "stage_settings",
+    "stage_upstream",
+]
 
-STAGES = ("data", "baseline", "sparse", "prune", "distill", "export", "bench", "publish")
+STAGES = (
+    "data", "baseline", "sweep", "sparse", "prune", "distill", "export", "bench", "publish",
+)  # fmt: skip
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "data": (),
     "baseline": ("data",),
-    "sparse": ("data", "baseline"),
-    "prune": ("data", "sparse"),
+    "sweep": ("data", "baseline"),
+    "sparse": ("data", "baseline", "sweep"),
+    "prune": ("data", "sparse", "sweep"),
     "distill": ("data", "baseline", "sparse", "prune"),
     "export": ("data", "distill"),
     "bench": ("data", "baseline", "sparse", "prune", "distill", "export"),
     "publish": ("data", "export", "bench"),
 }
 _MACHINE = ("device",)  # TrainSection fields that are not part of a stage's record
+_SWEEP_MACHINE = ("enabled", "cpus_per_trial", "max_concurrent_trials")
+OPTIONAL = ("sweep",)  # stages a config may switch off: then they neither run nor count
+
+
+def enabled_stages(config: PipelineConfig) -> tuple[str, ...]:
+    """The stages this config runs, in order (an optional stage switched off is left out)."""
+    return tuple(s for s in STAGES if s not in OPTIONAL or getattr(config, s).enabled)
+
+
+def stage_upstream(config: PipelineConfig) -> dict[str, tuple[str, ...]]:
+    """:data:`UPSTREAM` without the stages switched off: a stage's record names the
+    upstream records it was built from, so switching the sweep on or off redoes the
+    stages that take its choice."""
+    on = set(enabled_stages(config))
+    return {name: tuple(u for u in ups if u in on) for name, ups in UPSTREAM.items()}
 
 
 @dataclass
@@ -88,6 +116,17 @@ def stage_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     return {
         "data": config.data.model_dump(mode="json"),
         "baseline": {"train": train, **config.baseline.model_dump(mode="json")},
+        "sweep": {
+            "train": train,
+            **config.sweep.model_dump(mode="json", exclude=set(_SWEEP_MACHINE)),
+            # what a trial shares with the sparse and prune stages
+            "sparse": {"schedule": config.sparse.schedule, "proximal": config.sparse.proximal},
+            "prune": {
+                "layers": config.prune.layers,
+                "round_to": config.prune.round_to,
+                "min_keep_frac": config.prune.min_keep_frac,
+            },
+        },
         "sparse": {"train": train, **config.sparse.model_dump(mode="json")},
         "prune": config.prune.model_dump(mode="json"),
         "distill": {"train": train, **config.distill.model_dump(mode="json")},
@@ -184,6 +223,26 @@ def _train_args(run: PipelineRun, epochs: int) -> dict[str, Any]:
         raise PipelineError(f"train settings: {exc}") from None
 
 
+def input_versions(run: PipelineRun, files) -> dict[str, str]:
+    """``stage -> record id`` of the data stage and of the stages ``files`` come from: the
+    workers cache each version apart (:func:`trainer.pipeline.ray_train.fetch_inputs`)."""
+    stages = {"data", *(Path(rel).parts[0] for rel in files)}
+    return {s: str(run.records[s]["id"]) for s in sorted(stages) if run.records[s].get("id")}
+
+
+def worker_nodes(stage_dir: Path) -> list[str]:
+    """The Ray node id of each rank (rank order) from the stage's ``workers.json``."""
+    import json
+
+    from trainer.pipeline.ray_train import WORKERS_FILE
+
+    path = stage_dir / WORKERS_FILE
+    if not path.is_file():
+        return []
+    workers = sorted(json.loads(path.read_text()), key=lambda w: w["rank"])
+    return [str(w["node_id"]) for w in workers]
+
+
 def _fit(run: PipelineRun, kind: str, stage_dir: Path, attempt: str, epochs: int, files, options):
     from trainer.pipeline.ray_train import fit_stage
 
@@ -204,12 +263,15 @@ def _fit(run: PipelineRun, kind: str, stage_dir: Path, attempt: str, epochs: int
         torch_threads=r.torch_threads,
         max_failures=r.max_failures,
         cache=run.cache,
+        versions=input_versions(run, files),
     )
+    nodes = worker_nodes(stage_dir)
     run.console.print(
-        f"  {r.num_workers} worker(s), {int(metrics.get('epoch', epochs))} epoch(s); "
-        f"run folder {stage_dir}"
+        f"  {r.num_workers} worker(s) on {len(set(nodes))} node(s), "
+        f"{int(metrics.get('epoch', epochs))} epoch(s); run folder {stage_dir}"
     )
-    return {k: metrics[k] for k in ("workers", "images_per_worker") if k in metrics}
+    info = {k: metrics[k] for k in ("workers", "images_per_worker") if k in metrics}
+    return {**info, "worker_nodes": nodes}
 
 
 def _map(stage_dir: Path) -> dict[str, float | None]:
@@ -229,19 +291,46 @@ def run_baseline(run: PipelineRun, stage_dir: Path, attempt: str):
     return outputs, {**_map(stage_dir), **ray}
 
 
+def _swept(run: PipelineRun, key: str) -> float | None:
+    """The sweep's choice of ``key`` (``s`` or ``percent``) when the sweep is on."""
+    if not run.config.sweep.enabled:
+        return None
+    return float(run.records["sweep"][key])
+
+
+def run_sweep(run: PipelineRun, stage_dir: Path, attempt: str):
+    from trainer.pipeline.sweep import run_sweep as sweep
+
+    return sweep(run, stage_dir, attempt)
+
+
 def run_sparse(run: PipelineRun, stage_dir: Path, attempt: str):
     c = run.config.sparse
     start = run.records["baseline"]["outputs"]["checkpoint"]
-    options = {"s": c.s, "schedule": c.schedule, "proximal": c.proximal}
+    s = _swept(run, "s")
+    if s is not None:
+        run.console.print(f"  s = {s:g}, chosen by the sweep")
+    options = {"s": c.s if s is None else s, "schedule": c.schedule, "proximal": c.proximal}
     ray = _fit(run, "sparse", stage_dir, attempt, c.epochs, [start], options)
-    return {"checkpoint": run.rel(stage_dir / "weights" / "last.pt")}, {**_map(stage_dir), **ray}
+    info = {
+        **_map(stage_dir),
+        **ray,
+        "s": options["s"],
+        "s_from": "config" if s is None else "sweep",
+    }
+    return {"checkpoint": run.rel(stage_dir / "weights" / "last.pt")}, info
 
 
 def run_prune(run: PipelineRun, stage_dir: Path, attempt: str):
     p = run.config.prune
+    percent, max_map_drop = p.percent, p.max_map_drop
+    swept = _swept(run, "percent")
+    if swept is not None:
+        percent, max_map_drop = swept, None
+        run.console.print(f"  percent = {percent:g}, chosen by the sweep")
     return prune_stage(
         run.ctx, stage_dir, run.path("sparse", "checkpoint"), run.data, run.eval_split,
-        percent=p.percent, max_map_drop=p.max_map_drop, layers=p.layers,
+        percent=percent, max_map_drop=max_map_drop, layers=p.layers,
         round_to=p.round_to, min_keep_frac=p.min_keep_frac,
     )  # fmt: skip
 
@@ -310,6 +399,7 @@ def run_publish(run: PipelineRun, stage_dir: Path, attempt: str):
 RUNNERS: dict[str, Callable[[PipelineRun, Path, str], tuple[dict[str, str], dict[str, Any]]]] = {
     "data": run_data,
     "baseline": run_baseline,
+    "sweep": run_sweep,
     "sparse": run_sparse,
     "prune": run_prune,
     "distill": run_distill,

@@ -15,7 +15,8 @@ def ray_local() -> Iterator[None]:
     if ray.is_initialized():  # someone else's: use it, leave it running
         yield
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    # address="local": a Ray of its own, even when a `ray start` cluster runs on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ from slimspect.detection import to_array
 from slimspect.store import ModelStore
 from trainer.pipeline.run_store import RunStore
 from trainer.pipeline.runner import run_pipeline
-from trainer.pipeline.stages import STAGES
+from trainer.pipeline.stages import enabled_stages
 from trainer.predict import Predictor
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(1800)]
@@ -25,14 +25,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(1800)]
 def test_pipeline_runs_resumes_and_publishes(ray_local, store_settings, tmp_path):
     config = tiny_config(tmp_path)
     run_id = "tiny-1"
+    stages = list(enabled_stages(config))  # the sweep is off
 
     # ---- the whole pipeline ---------------------------------------------------------------
     first = run_pipeline(
         config, store_settings, run_id=run_id, workdir=tmp_path / "a", console=quiet_console()
     )
-    assert first.ran == list(STAGES) and first.skipped == []
+    assert first.ran == stages and first.skipped == [] and first.off == ["sweep"]
     runs = RunStore(store_settings, run_id)
-    for stage in STAGES:
+    for stage in stages:
         record = runs.read_json(f"{stage}/done.json")
         assert record is not None and record["stage"] == stage, stage
         assert record == first.records[stage]
@@ -50,8 +51,8 @@ def test_pipeline_runs_resumes_and_publishes(ray_local, store_settings, tmp_path
     second = run_pipeline(
         config, store_settings, run_id=run_id, workdir=tmp_path / "b", console=quiet_console()
     )
-    assert second.ran == [] and second.skipped == list(STAGES)
-    for stage in STAGES:
+    assert second.ran == [] and second.skipped == stages
+    for stage in stages:
         assert second.records[stage]["id"] == first.records[stage]["id"]
         assert (
             runs.read_json(f"{stage}/done.json")["finished_at"]
@@ -65,7 +66,7 @@ def test_pipeline_runs_resumes_and_publishes(ray_local, store_settings, tmp_path
         config, store_settings, run_id=run_id, workdir=tmp_path / "b", console=quiet_console()
     )
     assert third.ran == ["bench", "publish"]
-    assert third.skipped == list(STAGES[: STAGES.index("bench")])
+    assert third.skipped == stages[: stages.index("bench")]
     assert third.records["bench"]["id"] != first.records["bench"]["id"]
     assert third.published["sha256"] == first.published["sha256"]  # the version is adopted
 

@@ -107,3 +107,28 @@ def test_shards_follow_seed_and_epoch():
     assert a == shard_indices(20, 0, 2, seed=0, epoch=0)
     assert a != shard_indices(20, 0, 2, seed=0, epoch=1)
     assert a != shard_indices(20, 0, 2, seed=1, epoch=0)
+
+
+def test_input_versions_name_the_records_the_workers_cache_apart():
+    from types import SimpleNamespace
+
+    from trainer.pipeline.stages import input_versions
+
+    run = SimpleNamespace(
+        records={"data": {"id": "d1"}, "sparse": {"id": "s1"}, "prune": {"id": "p1"}}
+    )
+    files = ["sparse/weights/last.pt", "prune/weights/pruned.pt"]
+    assert input_versions(run, files) == {"data": "d1", "prune": "p1", "sparse": "s1"}
+    assert input_versions(run, []) == {"data": "d1"}
+
+
+def test_worker_nodes_in_rank_order(tmp_path):
+    import json
+
+    from trainer.pipeline.ray_train import WORKERS_FILE
+    from trainer.pipeline.stages import worker_nodes
+
+    assert worker_nodes(tmp_path) == []
+    workers = [{"rank": 1, "node_id": "n2", "pid": 2}, {"rank": 0, "node_id": "n1", "pid": 1}]
+    (tmp_path / WORKERS_FILE).write_text(json.dumps(workers))
+    assert worker_nodes(tmp_path) == ["n1", "n2"]
