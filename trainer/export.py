@@ -452,7 +452,7 @@ def check_parity(
     score_threshold: float = 0.25,
     iou_threshold: float = 0.45,
     *,
-    box_tolerance: float = 1e-3,
+    box_tolerance: float = 1e-2,
     raw_tolerance: float = 1e-4,
     max_detections: int = 300,
 ) -> ParityReport:
@@ -463,7 +463,9 @@ def check_parity(
     (so boxes come back in source pixels), or ready network inputs of shape
     (1, C, S, S). Each image runs alone (batch 1). Raw maps are compared by max absolute
     difference; detections after the shared :func:`postprocess` must have the same count
-    and class ids in the same order, boxes within ``box_tolerance`` px.
+    and class ids in the same order, boxes within ``box_tolerance`` px (0.01: raw maps
+    that agree to 3e-5 give box differences of ~1e-3 px once decoded through exp() and
+    scaled to the source image; 1e-3 failed on fp32 rounding alone).
     """
     spec = model.spec
     session = ort_session(onnx_path)
