@@ -181,7 +181,7 @@ class Agent:
             if self.http is not None:
                 self.http.stop()
             self.spool.close()
-            log.info("agent stopped", extra={"station": s.station})
+            log.info("agent stopped", extra={"station": s.station, **self.metrics.totals()})
 
     async def _run_cameras(self) -> None:
         """Starts the cameras once a model runs (frames need somewhere to go)."""

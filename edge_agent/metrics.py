@@ -79,9 +79,30 @@ class AgentMetrics:
             PREFIX + "model_updates", "Model update attempts, by outcome", ["status"], registry=r
         )
 
+    def totals(self) -> dict[str, int]:
+        """Frames inspected (all cameras), events sent and acked by result, since start:
+        what the agent logs when it stops, so a run can be counted after the process ends."""
+        out = {
+            "frames": sum(_counts(self.frames).values()),
+            "events_sent": sum(_counts(self.events_sent).values()),
+        }
+        for result, value in _counts(self.events_acked).items():
+            out[f"events_{result}"] = value
+        return out
+
     def watch(self, status: Callable[[], AgentStatus]) -> None:
         """Adds the gauges read from ``status()`` at every scrape."""
         self.registry.register(StatusCollector(status))
+
+
+def _counts(counter: Counter) -> dict[str, int]:
+    """A counter's ``_total`` samples by their last label value ("" when unlabelled)."""
+    return {
+        (list(sample.labels.values()) or [""])[-1]: int(sample.value)
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
 
 
 class StatusCollector(Collector):

@@ -83,3 +83,14 @@ def write_env_file(path: Path, state: StackState, store: StoreSettings, operator
     lines += [f"export {k}='{v}'" for k, v in values.items()]
     write_secret(path, "\n".join(lines) + "\n")
     return path
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of an ``env.sh`` that :func:`write_env_file` wrote."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if not line.startswith("export "):
+            continue
+        key, _, value = line[len("export ") :].partition("=")
+        values[key] = value[1:-1] if value[:1] == value[-1:] == "'" else value
+    return values

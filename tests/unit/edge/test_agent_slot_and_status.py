@@ -175,3 +175,16 @@ def test_a_rollback_is_reported_remembered_and_not_retried_at_once(tmp_path):
     assert not updater.wants(ModelRef("m", "2"))  # not again before update_retry_s
     assert not updater.wants(ModelRef("m", "1"))  # running already
     assert updater.wants(ModelRef("m", "3"))
+
+
+def test_metrics_totals_sum_cameras_and_split_acks_by_result():
+    metrics = AgentMetrics()
+    assert metrics.totals() == {"frames": 0, "events_sent": 0}
+    metrics.frames.labels("top").inc(3)
+    metrics.frames.labels("side").inc(2)
+    metrics.events_sent.inc(7)
+    metrics.events_acked.labels("accepted").inc(5)
+    metrics.events_acked.labels("duplicate").inc(1)
+    assert metrics.totals() == {
+        "frames": 5, "events_sent": 7, "events_accepted": 5, "events_duplicate": 1,
+    }  # fmt: skip

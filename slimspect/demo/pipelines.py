@@ -1,0 +1,62 @@
+"""The pipeline YAML the demo runs: the full story (about 15 minutes on 2 cores) or ``--quick``.
+
+Both train ``yolov4-n`` on the synthetic data set through every stage (data, baseline,
+sparse, prune, distill, export, bench, publish); they differ in data, image size and
+epochs. The manifest's score threshold is set low in the quick one: a model trained for
+two epochs scores its detections low, and the demo wants defects to stream (they are
+the detections of a barely trained model: the quick story shows the system, not a detector).
+The YAML is written into the demo's folder, so a user can read it and run it again with
+``slimspect pipeline run``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["pipeline_config", "pipeline_yaml"]
+
+_FULL: dict[str, Any] = {
+    "data": {"images": 400, "size": 192, "seed": 0, "val_fraction": 0.2},
+    "train": {"model": "yolov4-n", "imgsz": 192, "batch": 16,
+              "overrides": {"optimizer": "AdamW", "lr0": 0.002, "warmup_epochs": 1}},
+    "baseline": {"epochs": 12},
+    "sparse": {"epochs": 4},
+    "prune": {"percent": None, "max_map_drop": 0.05, "layers": 2},
+    "distill": {"epochs": 4, "teacher": "baseline"},
+    "export": {"int8": True, "calibration_images": 32},
+    "bench": {"threads": [1, 2], "repeats": 20, "warmup": 5},
+    "publish": {"score": 0.1},
+    "ray": {"num_workers": 1, "torch_threads": 2, "cpus_per_worker": 1.0},
+}  # fmt: skip
+
+_QUICK: dict[str, Any] = {
+    "data": {"images": 40, "size": 96, "seed": 0, "val_fraction": 0.25},
+    "train": {"model": "yolov4-n", "imgsz": 96, "batch": 8,
+              "overrides": {"warmup_min_iters": 0, "plots": False}},
+    "baseline": {"epochs": 2},
+    "sparse": {"epochs": 1, "s": 0.001},  # too few steps to measure s ("auto")
+    "prune": {"percent": 30, "layers": 1},
+    "distill": {"epochs": 1, "teacher": "baseline"},
+    "export": {"int8": False},
+    "bench": {"threads": [1], "repeats": 5, "warmup": 1},
+    "publish": {"score": 0.05},
+    "ray": {"num_workers": 1, "torch_threads": 2, "cpus_per_worker": 1.0},
+}  # fmt: skip
+
+
+def pipeline_config(*, quick: bool, model_name: str, version: str) -> dict[str, Any]:
+    """The demo's pipeline settings, publishing ``model_name/version``."""
+    config = {k: dict(v) for k, v in (_QUICK if quick else _FULL).items()}
+    config["publish"] = {**config["publish"], "name": model_name, "version": version}
+    return config
+
+
+def pipeline_yaml(config: dict[str, Any], *, quick: bool) -> str:
+    kind = "slimspect demo --quick" if quick else "slimspect demo"
+    header = (
+        f"# Written by '{kind}'. Every key: configs/pipeline.example.yaml.\n"
+        "# Run it again: slimspect pipeline run THIS_FILE (source the stack's env.sh first)\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False)

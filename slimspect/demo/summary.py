@@ -1,0 +1,71 @@
+"""The demo's closing summary: the bench table, defects per class and station, the fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+__all__ = ["defects_table", "print_summary", "stations_table"]
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def defects_table(stats: dict[str, Any], title: str) -> Table:
+    """``/v1/stats`` grouped by class or station, with a total row."""
+    table = Table(title=title)
+    for column in ("group", "frames", "defect frames", "defects", "defect rate"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for group in [*stats["groups"], {**stats["total"], "key": "total"}]:
+        table.add_row(
+            group["key"],
+            str(group["frames"]),
+            "-" if group.get("defect_frames") is None else str(group["defect_frames"]),
+            str(group["defects"]),
+            _rate(group.get("defect_rate")),
+        )
+    return table
+
+
+def stations_table(stations: list[dict[str, Any]]) -> Table:
+    table = Table(title="stations")
+    for column in ("station", "status", "model", "version", "FPS"):
+        table.add_column(column)
+    for s in stations:
+        fps = (s.get("fleet") or {}).get("fps")
+        table.add_row(
+            s["station"],
+            s["status"],
+            s.get("model_name") or "-",
+            s.get("model_version") or "-",
+            "-" if fps is None else f"{fps:.1f}",
+        )
+    return table
+
+
+def print_summary(
+    console: Console,
+    *,
+    bench_md: Path | None,
+    by_class: dict[str, Any],
+    by_station: dict[str, Any],
+    stations: list[dict[str, Any]],
+    dashboard: str,
+    state_dir: Path,
+) -> None:
+    if bench_md is not None and bench_md.exists():
+        console.print("[bold]the model, stage by stage[/] (" + str(bench_md) + ")")
+        console.print(Markdown(bench_md.read_text()))
+    console.print(defects_table(by_class, "defects per class (last 24 h)"))
+    console.print(defects_table(by_station, "defects per station (last 24 h)"))
+    console.print(stations_table(stations))
+    console.print(f"dashboard: [bold]{dashboard}[/]")
+    console.print(
+        f"the stack keeps running; use it from a shell with `source {state_dir}/env.sh`, "
+        f"stop it with `slimspect down --state-dir {state_dir}`"
+    )
