@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("slimspect.demo:demo", "Run the end-to-end story on the embedded default."),
     "up": ("slimspect.stack_cli:up", "Start the embedded stack (Redis, S3, Ray, aggregator, API, N stations) in the background."),
     "down": ("slimspect.stack_cli:down", "Stop every process of the embedded stack."),
+    "restart": ("slimspect.stack_cli:restart", "Restart one process of the embedded stack (redis, aggregator, station-N)."),
     "status": ("slimspect.stack_cli:status", "Show what the embedded stack runs: pids, health, URLs, logs."),
 }
 

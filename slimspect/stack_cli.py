@@ -120,6 +120,23 @@ def up(
 
 
 @click.command(context_settings=_CONTEXT)
+@click.argument("name")
+@_state_dir_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=120.0,
+              show_default=True, help="seconds the process may take to answer")  # fmt: skip
+@_fail_cleanly
+def restart(name: str, state_dir: Path, timeout_s: float) -> None:
+    """Restart one process of the stack as it was started: redis, aggregator or station-N.
+
+    For a process that crashed, or was killed: the same argv, ports and log; the others
+    reconnect to it on their own.
+    """
+    from slimspect.embedded.stack_restart import restart as stack_restart
+
+    stack_restart(state_dir, name, timeout_s=timeout_s, echo=click.echo)
+
+
+@click.command(context_settings=_CONTEXT)
 @_state_dir_option
 @_fail_cleanly
 def down(state_dir: Path) -> None:

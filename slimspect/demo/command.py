@@ -96,18 +96,43 @@ def _rollout(api: Api, version: str) -> dict | None:
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Where the demo keeps the stack, the runs and the YAML.")
-@click.option("--quick", is_flag=True,
-              help="A tiny model and few epochs: the whole story in a few minutes.")
-@click.option("--stations", type=click.IntRange(1, 20), default=2, show_default=True,
-              help="Simulated stations (synthetic cameras).")
-@click.option("--stream-s", type=click.FloatRange(min=1), default=None,
-              help="Seconds to watch defects stream in (default 30, --quick 15).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=10), default=300,
-              show_default=True, help="Seconds each wait (rollout, promotion) may take.")
-@click.option("--down/--keep-up", default=False, show_default=True,
-              help="Stop the stack at the end (default: keep it up for the dashboard).")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Where the demo keeps the stack, the runs and the YAML.",
+)
+@click.option(
+    "--quick", is_flag=True, help="A tiny model and few epochs: the whole story in a few minutes."
+)
+@click.option(
+    "--stations",
+    type=click.IntRange(1, 20),
+    default=2,
+    show_default=True,
+    help="Simulated stations (synthetic cameras).",
+)
+@click.option(
+    "--stream-s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds to watch defects stream in (default 30, --quick 15).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=10),
+    default=300,
+    show_default=True,
+    help="Seconds each wait (rollout, promotion) may take.",
+)
+@click.option(
+    "--down/--keep-up",
+    default=False,
+    show_default=True,
+    help="Stop the stack at the end (default: keep it up for the dashboard).",
+)
 def demo(workdir: Path, quick: bool, stations: int, stream_s: float | None,
          timeout_s: float, down: bool) -> None:  # fmt: skip
     """The whole story on the embedded stack: train, compress, publish, roll out, stream."""

@@ -10,8 +10,19 @@ def test_synth_refuses_a_used_folder_unless_told(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    cmd = [sys.executable, "-m", "slimspect.cli", "data", "synth", "--out", str(out),
-           "--images", "4", "--size", "64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "slimspect.cli",
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--images",
+        "4",
+        "--size",
+        "64",
+    ]
     refused = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert refused.returncode == 1
     assert "--overwrite" in refused.stderr and (out / "keep.txt").exists()

@@ -11,22 +11,18 @@ and what each says it had acknowledged is compared with what the API counts.
 from __future__ import annotations
 
 import io
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stack_helpers import slimspect, stop_gracefully, stopped_totals, store_from_env
 
 from slimspect.demo.api_watch import Api, wait_until
-from slimspect.embedded.processes import is_alive
 from slimspect.embedded.stack_env import read_env_file
 from slimspect.embedded.stack_state import StackState
-from slimspect.settings import StoreSettings
 from slimspect.store import MODEL_OBJECT, ModelStore, version_prefix
 
 pytestmark = pytest.mark.timeout(1800)
@@ -47,31 +43,14 @@ class Stack:
     def state_dir(self) -> Path:
         return self.workdir / "stack"
 
-    def slimspect(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "slimspect.cli", *args],
-            env={**os.environ, **self.env}, capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )  # fmt: skip
+    def slimspect(self, *args: str) -> subprocess.CompletedProcess:
+        return slimspect(*args, env=self.env)
 
     def versions(self) -> dict[str, str | None]:
         return {s["station"]: s["model_version"] for s in self.api.stations()}
 
     def rollout(self, version: str) -> dict | None:
         return next((r for r in self.api.rollouts() if r["version"] == version), None)
-
-
-def _store(env: dict[str, str]) -> ModelStore:
-    return ModelStore.from_settings(
-        StoreSettings(
-            endpoint=env["SLIMSPECT_STORE_ENDPOINT"],
-            access_key=env["SLIMSPECT_STORE_ACCESS_KEY"],
-            secret_key=env["SLIMSPECT_STORE_SECRET_KEY"],
-            bucket=env["SLIMSPECT_STORE_BUCKET"],
-            signing_key=env["SLIMSPECT_STORE_SIGNING_KEY"],
-            trusted_keys=[p for p in env["SLIMSPECT_STORE_TRUSTED_KEYS"].split(",") if p],
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +66,7 @@ def stack(tmp_path_factory) -> Stack:
         assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
         env = read_env_file(work / "stack" / "env.sh")
         yield Stack(work, env, demo.stdout, Api(env["SLIMSPECT_API_URL"], env["SLIMSPECT_API_KEY"]),
-                    _store(env))  # fmt: skip
+                    store_from_env(env))  # fmt: skip
     finally:
         if (work / "stack" / "stack.json").exists():
             subprocess.run(
@@ -165,24 +144,14 @@ def test_a_tampered_version_is_refused_by_the_canary_and_rolled_back(stack, tmp_
     assert set(stack.versions().values()) == {"e2e-v2"}
 
 
-def _stopped_totals(log: Path) -> dict:
-    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
-    return [x for x in lines if x.get("msg") == "agent stopped"][-1]
-
-
 def test_the_api_counts_exactly_what_each_station_had_acknowledged(stack):
     state = StackState.load(stack.state_dir)
     stations = [s for s in state.services if s.name in STATIONS]
     assert len(stations) == len(STATIONS)
-    for service in stations:  # a graceful stop: the uplink drains, then the totals are logged
-        os.kill(service.process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while any(is_alive(s.process) for s in stations) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not any(is_alive(s.process) for s in stations)
+    stop_gracefully(stations)
     by_station = {g["key"]: g for g in stack.api.stats("station")["groups"]}
     for service in stations:
-        totals = _stopped_totals(Path(service.process.log))
+        totals = stopped_totals(service)
         stored = by_station[service.name]
         assert totals["frames"] > 0 and totals.get("events_rejected", 0) == 0, totals
         # one event per frame (the spool never summarised: it stayed small), each stored once

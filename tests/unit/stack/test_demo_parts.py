@@ -12,8 +12,11 @@ from trainer.pipeline.config import PipelineConfig
 
 def test_both_demo_pipelines_are_valid_pipeline_configs_that_publish_the_named_version():
     for quick in (True, False):
-        data = yaml.safe_load(pipeline_yaml(pipeline_config(quick=quick, model_name="m-demo",
-                                                            version="v-1"), quick=quick))
+        data = yaml.safe_load(
+            pipeline_yaml(
+                pipeline_config(quick=quick, model_name="m-demo", version="v-1"), quick=quick
+            )
+        )
         config = PipelineConfig.from_dict(data)
         assert (config.publish.name, config.publish.version) == ("m-demo", "v-1")
         assert config.publish.enabled and not config.sweep.enabled

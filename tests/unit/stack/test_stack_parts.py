@@ -119,3 +119,22 @@ def test_the_station_config_is_a_valid_agent_config(tmp_path: Path) -> None:
     assert settings.store.secret_key.get_secret_value() == "s"
     assert settings.metrics.port == 23456
     assert settings.read_token() == "sst_x"
+
+
+def test_restart_names_what_it_cannot_do(tmp_path):
+    import pytest
+
+    from slimspect.embedded.processes import ProcessRecord
+    from slimspect.embedded.stack_restart import restart
+    from slimspect.embedded.stack_state import Service, StackState
+    from slimspect.errors import EmbeddedServiceError
+
+    with pytest.raises(EmbeddedServiceError, match="no stack runs"):
+        restart(tmp_path, "aggregator")
+    state = StackState(tmp_path)
+    state.services = [Service(ProcessRecord("api", 2**22 - 1, 0, ["true"]), url="", probes=[])]
+    state.save()
+    with pytest.raises(EmbeddedServiceError, match="has no process 'redi'.*it has: api"):
+        restart(tmp_path, "redi")
+    with pytest.raises(EmbeddedServiceError, match="api cannot be restarted alone"):
+        restart(tmp_path, "api")
