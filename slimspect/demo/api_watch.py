@@ -1,54 +1,19 @@
-"""What the demo reads from the stack's HTTP API while it waits: stations, rollouts, stats.
-
-The standard library's HTTP client on purpose: the demo is part of the core package, which
-does not depend on an HTTP client library; four JSON GETs with a bearer key need none.
-"""
+"""Waiting on the stack's state as the HTTP API shows it (the client: slimspect.api_client)."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-__all__ = ["Api", "DemoTimeout", "wait_until"]
+__all__ = ["DemoTimeout", "wait_until"]
 
 T = TypeVar("T")
 
 
 class DemoTimeout(RuntimeError):
     """A step did not reach its state in time; the message says what was last seen."""
-
-
-class Api:
-    def __init__(self, url: str, key: str, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.key = key
-        self.timeout_s = timeout_s
-
-    def get(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        request = urllib.request.Request(
-            f"{self.url}{path}{'?' + query if query else ''}",
-            headers={"Authorization": f"Bearer {self.key}", "Accept": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read())
-
-    def stations(self) -> list[dict[str, Any]]:
-        return self.get("/v1/stations")
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        return self.get("/v1/rollouts")
-
-    def stats(self, group_by: str) -> dict[str, Any]:
-        return self.get("/v1/stats", group_by=group_by)
-
-    def defects(self, limit: int = 5) -> dict[str, Any]:
-        return self.get("/v1/defects", limit=limit)
 
 
 def wait_until(

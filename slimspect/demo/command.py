@@ -29,7 +29,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from slimspect.demo.api_watch import Api, DemoTimeout, wait_until
+from slimspect.api_client import Api
+from slimspect.demo.api_watch import DemoTimeout, wait_until
 from slimspect.demo.pipelines import pipeline_config, pipeline_yaml
 from slimspect.demo.summary import print_summary, stations_table
 from slimspect.embedded.stack import status as stack_status

@@ -26,7 +26,8 @@ from agent_models import MODEL_NAME, build_tiny_model, publish_good
 from stack_helpers import slimspect, stop_gracefully, stopped_totals, store_from_env
 
 from edge_agent.spool import Spool
-from slimspect.demo.api_watch import Api, wait_until
+from slimspect.api_client import Api
+from slimspect.demo.api_watch import wait_until
 from slimspect.embedded.stack_env import read_env_file
 from slimspect.embedded.stack_state import StackState
 from slimspect.embedded.station_config import station_name

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from stack_helpers import slimspect, stop_gracefully, stopped_totals, store_from_env
 
-from slimspect.demo.api_watch import Api, wait_until
+from slimspect.api_client import Api
+from slimspect.demo.api_watch import wait_until
 from slimspect.embedded.stack_env import read_env_file
 from slimspect.embedded.stack_state import StackState
 from slimspect.store import MODEL_OBJECT, ModelStore, version_prefix
