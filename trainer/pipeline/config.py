@@ -80,10 +80,25 @@ class BaselineSection(_Section):
 
 
 class SparseSection(_Section):
+    """Sparse training (:func:`trainer.compress.sparsity.sparse_train`). The defaults are
+    the calibrated recipe of BENCHMARKS.md ("Sparse training that ranks channels"): ``s``
+    chosen by the penalty probe (``auto``), the BatchNorm scales' learning rate x 8,
+    ``local_decay`` sparing the top channels, plain (not proximal) subgradient steps."""
+
     epochs: int = Field(default=20, ge=1)
-    s: float = Field(default=1e-3, ge=0.0)
-    schedule: str = "constant"
-    proximal: bool = True  # see DESIGN.md: AdamW barely moves the gammas without it
+    s: float | Literal["auto"] = Field(
+        default="auto", description="the L1 factor (>= 0), or auto: the penalty probe's"
+    )
+    bn_lr_scale: float = Field(default=8.0, gt=0.0, description="BN scales' lr multiplier")
+    schedule: Literal["constant", "global_decay", "local_decay"] = "local_decay"
+    proximal: bool = False
+
+    @field_validator("s")
+    @classmethod
+    def _s(cls, s: float | str) -> float | str:
+        if not isinstance(s, str) and s < 0:
+            raise ValueError("the sparsity factor must be >= 0 (or auto)")
+        return s
 
 
 class PruneSection(_Section):
@@ -186,11 +201,27 @@ class PublishSection(_Section):
 
 
 class RaySection(_Section):
-    """Machine settings of the training stages (not part of any stage's record)."""
+    """Machine settings of the training stages (not part of any stage's record).
+
+    ``augment_on``: where the training stages decode and augment their images: ``worker``
+    (each training worker, in its own process) or ``ray_data`` (a Ray Data pipeline per
+    training worker: ``data_workers`` tasks at once, each claiming ``cpus_per_data_worker``
+    CPUs, anywhere in the cluster; see :mod:`trainer.pipeline.data_parallel`). The batches
+    are the same either way, so it may change between a run and its rerun. ``worker`` is
+    the default: on a small machine the training workers already hold every CPU, and
+    moving augmentation into other processes only adds copies (measured in
+    ``benchmarks/bench_pipeline_train.py``); ``ray_data`` pays off when the cluster has
+    CPUs the training workers do not use.
+    """
 
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=1.0, gt=0.0)
     torch_threads: int = Field(default=1, ge=1)
+    augment_on: Literal["worker", "ray_data"] = "worker"
+    data_workers: int = Field(default=1, ge=1, description="ray_data: tasks per worker")
+    cpus_per_data_worker: float = Field(
+        default=1.0, ge=0.0, description="ray_data: CPUs a task claims (0: shares them)"
+    )
     max_failures: int = Field(default=2, ge=0)
     worker_cache: str | None = Field(
         default=None, description="where workers keep files fetched from the store"

@@ -19,6 +19,23 @@
 * before every optimizer step the BatchNorm running statistics are broadcast from rank
   0, so the EMA, validation and early stopping agree on every worker.
 
+Where the augmentation runs (``ray_data``): in the worker's own process (None, the
+default), or on Ray's CPU workers as a Ray Data pipeline (:class:`RayDataAugment`:
+:func:`trainer.data.ray_data.augmented_epoch`, streamed with ``iter_torch_batches``). Either
+way a worker trains on the same batches: for epoch ``e`` the Ray Data dataset holds exactly
+this rank's share of ``e``'s permutation (:func:`shard_indices`), in order, cut into the same
+``ceil(batch / world)`` batches, and every sample depends on ``(seed, e, index)`` only.
+
+Why a dataset per rank and epoch, not Ray Train's ``get_dataset_shard``: the shards of a
+dataset passed to the trainer are cut by ``streaming_split``, which deals blocks to
+whichever worker asks first, so which images a rank gets, and in what order, changes from
+run to run; and one dataset serves every epoch, so its rows cannot carry the epoch that
+seeds the shuffle and the augmentation. Training would no longer be the single-process
+run's (the global batch differs), and a resumed run would not continue exactly. Building
+the rank's dataset from ``(seed, epoch, rank, world)`` keeps both, costs one small Ray
+Data plan per epoch (its tasks reuse Ray's worker processes), and still moves the decoding
+and augmentation off the training processes, onto any CPU of the cluster.
+
 Why not ``DistributedDataParallel`` / ``ray.train.torch.prepare_model``: the engine keeps
 the module it trains for the EMA, checkpoints (``state_dict`` keys), ``model.spec`` and
 validation; a DDP wrapper would have to be threaded through all of them. The hooks above
@@ -28,7 +45,9 @@ give the same synchronous data-parallel SGD.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -38,7 +57,7 @@ from trainer.callbacks import Callback, TrainContext
 from trainer.data.augment import Augmenter
 from trainer.data.loader import DatasetSamples, TrainDataset, collate_train, epoch_seed
 
-__all__ = ["DataParallel", "shard_indices"]
+__all__ = ["DataParallel", "RayDataAugment", "shard_indices"]
 
 
 def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> list[int]:
@@ -52,14 +71,41 @@ def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int) -> list[
     return order[rank::world]
 
 
+@dataclass(frozen=True)
+class RayDataAugment:
+    """Augment on Ray Data (see the module docstring).
+
+    Attributes:
+        workers: augmentation tasks at once per training worker.
+        cpus: CPU slots each task claims (0: beside whatever holds the CPUs).
+        data_source: picklable, run once per Ray worker process: the data set's local path
+            there (e.g. fetched from the store into the node's cache); default the training
+            config's ``data`` (a path every node can read).
+    """
+
+    workers: int = 1
+    cpus: float = 1.0
+    data_source: Callable[[], str | Path] | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.cpus < 0:
+            raise ValueError(f"cpus must be >= 0, got {self.cpus}")
+
+
 class DataParallel(Callback):
     """See the module docstring. Pass it among the callbacks and :meth:`batches` as
-    ``train_batches``; ``world == 1`` is a plain single-process run."""
+    ``train_batches``; ``world == 1`` is a plain single-process run; ``ray_data``
+    augments on Ray Data instead of in this process."""
 
-    def __init__(self, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, rank: int = 0, world: int = 1, *, ray_data: RayDataAugment | None = None
+    ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in a world of {world}")
         self.rank, self.world = rank, world
+        self.ray_data = ray_data
         self.ctx: TrainContext | None = None
         self.dataset: TrainDataset | None = None
         self._augmenters: dict = {}
@@ -76,6 +122,7 @@ class DataParallel(Callback):
 
         self.ctx = ctx
         ctx.extra["world"] = self.world
+        ctx.extra["augment_on"] = "worker" if self.ray_data is None else "ray_data"
         config = ctx.config
         channels = ctx.model.spec.in_channels
         self._augmenters = {
@@ -112,25 +159,56 @@ class DataParallel(Callback):
 
     # ---- batches ---------------------------------------------------------------------------
 
+    def shard(self, epoch: int) -> list[int]:
+        """The training-split indices this worker trains on in ``epoch``, in order."""
+        if self.ctx is None or self.dataset is None:
+            raise RuntimeError("DataParallel used before on_train_start")
+        n = len(self.dataset)
+        return shard_indices(n, self.rank, self.world, self.ctx.config.seed, epoch)
+
+    @property
+    def worker_batch(self) -> int:
+        """Images per batch of this worker: ``ceil(batch / world)``."""
+        if self.ctx is None:
+            raise RuntimeError("DataParallel used before on_train_start")
+        return math.ceil(self.ctx.config.batch / self.world)
+
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The ``train_batches`` hook: this worker's batches of ``epoch``."""
         from trainer.engine import epoch_augment
 
-        if self.ctx is None or self.dataset is None:
-            raise RuntimeError("DataParallel.batches before on_train_start")
+        indices = self.shard(epoch)
+        if self.ray_data is not None:
+            return self._ray_data_batches(epoch, indices)
         config = self.ctx.config
         self.dataset.augmenter = self._augmenters[epoch_augment(config, epoch)]
         self.dataset.set_epoch(epoch)
-        indices = shard_indices(len(self.dataset), self.rank, self.world, config.seed, epoch)
         loader = DataLoader(
             Subset(self.dataset, indices),
-            batch_size=math.ceil(config.batch / self.world),
+            batch_size=self.worker_batch,
             shuffle=False,
             num_workers=0,
             collate_fn=collate_train,
             drop_last=False,
         )
         return iter(loader)
+
+    def _ray_data_batches(self, epoch: int, indices: list[int]):
+        from trainer.data.ray_data import augmented_epoch, epoch_batches
+
+        r = self.ray_data
+        dataset = augmented_epoch(
+            self.ctx.config,
+            self.dataset.channels,
+            epoch,
+            indices,
+            concurrency=r.workers,
+            num_cpus=r.cpus,
+            ordered=True,
+            data_source=r.data_source,
+            progress_bars=False,
+        )
+        return epoch_batches(dataset, self.worker_batch)
 
     def _sum_over_workers(self, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()

@@ -13,23 +13,41 @@ reports its run folder (``weights/last.pt``, ``best.pt``, ``results.csv``,
 pyarrow S3 filesystem under ``runs/<id>/<stage>/ray/``; with ``FailureConfig`` a lost
 worker restarts the group, which resumes from the last checkpoint (``last.pt`` carries the
 optimizer, EMA and schedule state, so the resumed run continues exactly).
+
+With ``augment_on="ray_data"`` the workers do not augment in their own process: each
+streams its batches from a Ray Data pipeline (``RayDataAugment`` of
+:mod:`trainer.pipeline.data_parallel`: ``data_workers`` tasks of ``cpus_per_data_worker``
+CPUs per training worker, anywhere in the cluster; a task fetches the data set from the
+store into its node's cache, :class:`StoreDataSource`). The batches are the in-process
+ones, so the choice changes where the CPU time goes, never what is trained.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainer.callbacks import Callback, TrainContext
-from trainer.pipeline.data_parallel import DataParallel
+from trainer.pipeline.data_parallel import DataParallel, RayDataAugment
 from trainer.pipeline.run_store import RAY_FOLDER, RunStore
 
-__all__ = ["KINDS", "WORKERS_FILE", "fetch_inputs", "fit_stage", "train_loop"]
+__all__ = [
+    "AUGMENT_ON",
+    "KINDS",
+    "WORKERS_FILE",
+    "StoreDataSource",
+    "fetch_inputs",
+    "fit_stage",
+    "train_loop",
+]
 
 KINDS = ("baseline", "sparse", "distill")
+AUGMENT_ON = ("worker", "ray_data")  # where a training stage's augmentation runs
 WORKERS_FILE = "workers.json"  # in a training stage's folder: where each rank ran
 
 
@@ -53,6 +71,8 @@ class _Report(Callback):
                 "final": 1,
                 "workers": ctx.extra.get("world", 1),
                 "images_per_worker": result.train_images,
+                "train_seconds": result.train_seconds,
+                "ray_data": int(ctx.extra.get("augment_on") == "ray_data"),
             }
         )
 
@@ -105,6 +125,26 @@ def fetch_inputs(
             runs.download_file(rel, target)
         paths.append(target)
     return data_root / data_rel, paths
+
+
+@dataclass(frozen=True)
+class StoreDataSource:
+    """The run's data set in this node's cache (fetched from the store once per version):
+    the ``data_source`` of a Ray Data augmentation task, which may run on any node. Its
+    ``repr`` (the store's settings left out) names the data set's version."""
+
+    store: str = field(repr=False)  # StoreSettings as JSON, secret included
+    run_id: str
+    cache: str
+    data_rel: str
+    versions: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self) -> Path:
+        from slimspect.settings import StoreSettings
+
+        runs = RunStore(StoreSettings(**json.loads(self.store)), self.run_id)
+        data, _ = fetch_inputs(runs, Path(self.cache), self.data_rel, [], dict(self.versions))
+        return data
 
 
 def _record_workers(run_dir: Path, rank: int, world: int) -> None:
@@ -169,7 +209,21 @@ def train_loop(cfg: dict[str, Any]) -> None:
         resume = last
     _record_workers(run_dir, rank, world)
 
-    dp = DataParallel(rank, world)
+    ray_data = None
+    if cfg.get("augment_on", "worker") == "ray_data":
+        source = StoreDataSource(
+            store=json.dumps(cfg["store"]),
+            run_id=cfg["run_id"],
+            cache=str(cache),
+            data_rel=cfg["train_args"]["data"],
+            versions=tuple(sorted((cfg.get("versions") or {}).items())),
+        )
+        ray_data = RayDataAugment(
+            workers=int(cfg["data_workers"]),
+            cpus=float(cfg["cpus_per_data_worker"]),
+            data_source=source,
+        )
+    dp = DataParallel(rank, world, ray_data=ray_data)
     callbacks = [dp, _Report(rank)]
     common = {"callbacks": callbacks, "train_batches": dp.batches}
     if resume is None:
@@ -198,6 +252,24 @@ def train_loop(cfg: dict[str, Any]) -> None:
         raise ValueError(f"unknown training stage {kind!r}; known: {', '.join(KINDS)}")
 
 
+def _check_data_cpus(num_workers: int, cpus_per_worker: float, cpus_per_data: float) -> None:
+    """A Ray Data augmentation task must find a CPU slot the training workers leave free:
+    else the first batch never comes."""
+    import ray
+
+    if cpus_per_data <= 0:
+        return
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    training = num_workers * cpus_per_worker
+    if total - training < cpus_per_data:
+        raise ValueError(
+            f"augment_on ray_data: the cluster has {total:g} CPU(s), the {num_workers} "
+            f"training worker(s) take {training:g}, and an augmentation task needs "
+            f"{cpus_per_data:g} more: lower ray.cpus_per_worker or "
+            "ray.cpus_per_data_worker (0 shares the CPUs), or add CPUs"
+        )
+
+
 def fit_stage(
     *,
     kind: str,
@@ -214,6 +286,9 @@ def fit_stage(
     max_failures: int,
     cache: Path,
     versions: Mapping[str, str] | None = None,
+    augment_on: str = "worker",
+    data_workers: int = 1,
+    cpus_per_data_worker: float = 1.0,
 ) -> dict[str, Any]:
     """Run a training stage on the Ray cluster ``ray.init`` connected to; its final run
     folder (rank 0's) is copied to ``out_dir``. Returns the last reported metrics.
@@ -227,12 +302,24 @@ def fit_stage(
         options: keyword arguments of ``sparse_train`` / ``distill_train``.
         versions: ``stage -> record id`` of the stages ``files`` and the data come from
             (see :func:`fetch_inputs`).
+        augment_on: ``worker`` (each training worker augments its shard in its own
+            process) or ``ray_data`` (on Ray Data: ``data_workers`` tasks at once per
+            training worker, each claiming ``cpus_per_data_worker`` CPUs). The batches are
+            the same either way.
+    Raises:
+        ValueError: an unknown kind or ``augment_on``; ``ray_data`` on a cluster whose
+            CPUs the training workers leave too few for one augmentation task (it would
+            wait forever).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if kind not in KINDS:
         raise ValueError(f"unknown training stage {kind!r}; known: {', '.join(KINDS)}")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"unknown augment_on {augment_on!r}; known: {', '.join(AUGMENT_ON)}")
+    if augment_on == "ray_data":
+        _check_data_cpus(num_workers, cpus_per_worker, cpus_per_data_worker)
     s = runs.settings
     store = s.model_dump(mode="json")
     store["secret_key"] = s.secret_key.get_secret_value() if s.secret_key else None
@@ -251,6 +338,9 @@ def fit_stage(
             "versions": dict(versions or {}),
             "options": dict(options),
             "torch_threads": torch_threads,
+            "augment_on": augment_on,
+            "data_workers": int(data_workers),
+            "cpus_per_data_worker": float(cpus_per_data_worker),
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}

@@ -120,7 +120,11 @@ def stage_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             "train": train,
             **config.sweep.model_dump(mode="json", exclude=set(_SWEEP_MACHINE)),
             # what a trial shares with the sparse and prune stages
-            "sparse": {"schedule": config.sparse.schedule, "proximal": config.sparse.proximal},
+            "sparse": {
+                "schedule": config.sparse.schedule,
+                "proximal": config.sparse.proximal,
+                "bn_lr_scale": config.sparse.bn_lr_scale,
+            },
             "prune": {
                 "layers": config.prune.layers,
                 "round_to": config.prune.round_to,
@@ -264,14 +268,22 @@ def _fit(run: PipelineRun, kind: str, stage_dir: Path, attempt: str, epochs: int
         max_failures=r.max_failures,
         cache=run.cache,
         versions=input_versions(run, files),
+        augment_on=r.augment_on,
+        data_workers=r.data_workers,
+        cpus_per_data_worker=r.cpus_per_data_worker,
     )
     nodes = worker_nodes(stage_dir)
+    # where the workers say they augmented (a group restarted after the last epoch: the config)
+    augment_on = r.augment_on
+    if "ray_data" in metrics:
+        augment_on = "ray_data" if metrics["ray_data"] else "worker"
+    where = "in the workers" if augment_on == "worker" else "on Ray Data"
     run.console.print(
-        f"  {r.num_workers} worker(s) on {len(set(nodes))} node(s), "
+        f"  {r.num_workers} worker(s) on {len(set(nodes))} node(s), augmenting {where}, "
         f"{int(metrics.get('epoch', epochs))} epoch(s); run folder {stage_dir}"
     )
     info = {k: metrics[k] for k in ("workers", "images_per_worker") if k in metrics}
-    return {**info, "worker_nodes": nodes}
+    return {**info, "worker_nodes": nodes, "augment_on": augment_on}
 
 
 def _map(stage_dir: Path) -> dict[str, float | None]:
@@ -310,7 +322,12 @@ def run_sparse(run: PipelineRun, stage_dir: Path, attempt: str):
     s = _swept(run, "s")
     if s is not None:
         run.console.print(f"  s = {s:g}, chosen by the sweep")
-    options = {"s": c.s if s is None else s, "schedule": c.schedule, "proximal": c.proximal}
+    options = {
+        "s": c.s if s is None else s,
+        "schedule": c.schedule,
+        "proximal": c.proximal,
+        "bn_lr_scale": c.bn_lr_scale,
+    }
     ray = _fit(run, "sparse", stage_dir, attempt, c.epochs, [start], options)
     info = {
         **_map(stage_dir),
@@ -318,6 +335,11 @@ def run_sparse(run: PipelineRun, stage_dir: Path, attempt: str):
         "s": options["s"],
         "s_from": "config" if s is None else "sweep",
     }
+    penalty = stage_dir / "penalty.json"  # the probe's report: the s "auto" chose
+    if options["s"] == "auto" and penalty.is_file():
+        import json
+
+        info["s_auto"] = json.loads(penalty.read_text()).get("s")
     return {"checkpoint": run.rel(stage_dir / "weights" / "last.pt")}, info
 
 

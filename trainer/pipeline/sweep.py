@@ -14,8 +14,8 @@ cluster as an actor of ``cpus_per_trial`` CPUs; it fetches the data set and the
 baseline checkpoint from the run's folder in the store, then
 
 1. sparse-trains from the baseline for ``epochs`` epochs
-   (:func:`trainer.compress.sparsity.sparse_train`, the sparse stage's schedule and
-   proximal setting) and reports after every epoch the mAP50 of the model pruned at the
+   (:func:`trainer.compress.sparsity.sparse_train`, the sparse stage's schedule,
+   proximal and bn_lr_scale) and reports after every epoch the mAP50 of the model pruned at the
    trial's ratio (layers + channels, :func:`trainer.compress.layer_prune.prune`, before
    any fine-tuning) as ``map50_pruned``, and the sparse model's own as ``map50_sparse``.
    ASHA (:class:`ray.tune.schedulers.ASHAScheduler` on ``map50_pruned``, time axis
@@ -243,7 +243,8 @@ def trial(params: dict[str, Any], static: Mapping[str, Any]) -> None:
     # 1. sparse training from the baseline, mAP50 of the pruned model every epoch
     sparse = sparse_train(
         config.updated(epochs=int(static["epochs"])), s=s, schedule=static["schedule"],
-        weights=baseline, proximal=bool(static["proximal"]), plots=False,
+        weights=baseline, proximal=bool(static["proximal"]),
+        bn_lr_scale=float(static.get("bn_lr_scale", 1.0)), plots=False,
         run_dir=run_dir / "sparse",
         callbacks=[_PrunedMap(data, split, {"percent": percent, **prune_args})],
     )  # fmt: skip
@@ -360,6 +361,7 @@ def run_sweep(run, stage_dir: Path, attempt: str):
         "finetune_epochs": c.finetune_epochs,
         "schedule": sp.schedule,
         "proximal": sp.proximal,
+        "bn_lr_scale": sp.bn_lr_scale,
         "torch_threads": r.torch_threads,
         "prune": {"layers": p.layers, "round_to": p.round_to, "min_keep_frac": p.min_keep_frac},
     }

@@ -40,3 +40,35 @@ def test_ray_data_samples_equal_the_loaders(ray_local, tmp_path):
     assert images.max() <= 1.0 and targets.shape[1] == 6
     ref_images, ref_targets = collate_train([local[i] for i in indices[:3]])
     assert ref_images.shape == images.shape and ref_targets.shape[1] == 6
+
+
+def test_ray_data_batches_equal_data_parallels(ray_local, tmp_path):
+    """A training worker's batches through Ray Data are, tensor for tensor, the ones
+    DataParallel augments in process: same rank share of the epoch's permutation, same
+    order, same ceil(batch / world) cut, in a mosaic epoch and in a close_mosaic one."""
+    from types import SimpleNamespace
+
+    from trainer.pipeline.data_parallel import DataParallel, RayDataAugment
+
+    synthesize(tmp_path / "data", images=40, size=64, seed=5, val_fraction=0.2)
+    config = TrainConfig(
+        data=str(tmp_path / "data" / "data.yaml"), imgsz=64, batch=10, epochs=3, close_mosaic=1
+    )
+    world = 2
+    for rank in range(world):
+        ctx = SimpleNamespace(
+            config=config, model=SimpleNamespace(spec=SimpleNamespace(in_channels=1)), extra={}
+        )
+        local = DataParallel(rank, world)
+        remote = DataParallel(rank, world, ray_data=RayDataAugment(workers=2, cpus=0.5))
+        local.on_train_start(ctx)
+        remote.on_train_start(ctx)
+        for epoch in (0, 2):  # mosaic, then the close_mosaic epoch
+            assert remote.shard(epoch) == local.shard(epoch)
+            expected = list(local.batches(epoch))
+            got = list(remote.batches(epoch))
+            assert [len(b[0]) for b in got] == [len(b[0]) for b in expected], (rank, epoch)
+            assert len(got) > 2 and all(len(b[0]) <= 5 for b in got)  # > 1 map task
+            for (images, targets), (ref_images, ref_targets) in zip(got, expected, strict=True):
+                assert torch.equal(images, ref_images), (rank, epoch)
+                assert torch.equal(targets, ref_targets), (rank, epoch)

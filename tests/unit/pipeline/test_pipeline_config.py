@@ -41,6 +41,13 @@ def test_empty_yaml_is_the_defaults(tmp_path):
         ("prune:\n  percent: null\n  layers: 0\n", "nothing to prune"),
         ("publish:\n  name: Bad Name\n", "invalid model name"),
         ("bench:\n  threads: [0]\n", "thread counts must be >= 1"),
+        ("sparse:\n  s: -0.1\n", "sparse.s"),
+        ("sparse:\n  s: often\n", "sparse.s"),
+        ("sparse:\n  bn_lr_scale: 0\n", "sparse.bn_lr_scale: Input should be greater than 0"),
+        ("sparse:\n  schedule: linear\n", "sparse.schedule: Input should be 'constant'"),
+        ("ray:\n  augment_on: gpu\n", "ray.augment_on: Input should be 'worker' or 'ray_data'"),
+        ("ray:\n  data_workers: 0\n", "ray.data_workers: Input should be greater than or"),
+        ("ray:\n  cpus_per_data_worker: -1\n", "ray.cpus_per_data_worker: Input should be"),
     ],
 )
 def test_bad_yaml_names_file_and_field(tmp_path, text, message):
@@ -50,6 +57,43 @@ def test_bad_yaml_names_file_and_field(tmp_path, text, message):
         PipelineConfig.load(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_sparse_defaults_are_the_calibrated_recipe():
+    sparse = PipelineConfig().sparse  # BENCHMARKS.md: "Sparse training that ranks channels"
+    assert sparse.s == "auto" and sparse.bn_lr_scale == 8.0
+    assert sparse.schedule == "local_decay" and sparse.proximal is False
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (0, 0.0), ("1e-3", 1e-3)])
+def test_sparse_s_is_a_number_or_auto(value, expected):
+    assert PipelineConfig.from_dict({"sparse": {"s": value}}).sparse.s == expected
+
+
+def test_sparse_options_reach_sparse_train():
+    """The sparse stage passes s, schedule, proximal and bn_lr_scale, and each is a
+    keyword of sparse_train; the sweep records the ones its trials share."""
+    import inspect
+
+    from trainer.compress.sparsity import sparse_train
+
+    config = PipelineConfig()
+    settings = stage_settings(config)
+    keywords = set(inspect.signature(sparse_train).parameters)
+    shared = settings["sweep"]["sparse"]
+    assert set(shared) == {"schedule", "proximal", "bn_lr_scale"} and set(shared) <= keywords
+    assert {"s", "schedule", "proximal", "bn_lr_scale"} <= set(settings["sparse"])
+    assert settings["sparse"]["s"] == "auto" and settings["sparse"]["bn_lr_scale"] == 8.0
+
+
+def test_augment_on_is_a_machine_setting():
+    a = PipelineConfig()
+    assert a.ray.augment_on == "worker"
+    b = PipelineConfig.from_dict(
+        {"ray": {"augment_on": "ray_data", "data_workers": 2, "cpus_per_data_worker": 0.5}}
+    )
+    assert b.ray.augment_on == "ray_data" and b.ray.data_workers == 2
+    assert stage_settings(a) == stage_settings(b)
 
 
 def test_missing_file(tmp_path):
