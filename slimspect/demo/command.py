@@ -5,8 +5,9 @@
    running in the demo's folder is reused);
 2. ``slimspect pipeline run``: synthetic data -> baseline -> sparse -> prune -> distill ->
    export -> bench -> publish, on the stack's Ray, into the stack's store;
-3. ``slimspect rollout start --station station-1``: the new version as a canary on one
-   station; the rollout gate promotes it after its soak, then every station runs it;
+3. the publish stage starts a canary rollout of the new version on one station (the
+   ``slimspect rollout start --station station-1`` of an operator); the rollout gate
+   promotes it after its soak, then every station runs it;
 4. defects stream in through the aggregator; the demo watches ``/v1/stats``;
 5. a summary: the bench table, defects per class and per station, the model version per
    station, the dashboard's URL.
@@ -160,7 +161,8 @@ def demo(workdir: Path, quick: bool, stations: int, stream_s: float | None,
         version = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         story.step(f"train, compress and publish {MODEL_NAME}/{version} on Ray")
         config_file = workdir / ("pipeline-quick.yaml" if quick else "pipeline.yaml")
-        config = pipeline_config(quick=quick, model_name=MODEL_NAME, version=version)
+        config = pipeline_config(quick=quick, model_name=MODEL_NAME, version=version,
+                                 canary=names[0])  # fmt: skip
         config_file.write_text(pipeline_yaml(config, quick=quick))
         story.run(["pipeline", "run", str(config_file), "--run-id", version,
                    "--workdir", str(workdir / "runs"), "--address", env["RAY_ADDRESS"]])  # fmt: skip
@@ -168,8 +170,10 @@ def demo(workdir: Path, quick: bool, stations: int, stream_s: float | None,
         # ---- 3. canary, then promotion ----------------------------------------------------
         canary = names[0]
         story.step(f"roll it out: a canary on {canary}, then every station")
-        story.run(["rollout", "start", MODEL_NAME, version, "--station", canary,
-                   "--reason", "slimspect demo"])  # fmt: skip
+        console.print(
+            f"the pipeline's publish stage started the canary (publish.canary in the YAML; by "
+            f"hand: slimspect rollout start {MODEL_NAME} {version} --station {canary})"
+        )
         wait_until(
             lambda: _version_of(api.stations(), [canary], version),
             timeout_s=timeout_s, what=f"{canary} runs {version}",

@@ -46,10 +46,14 @@ _QUICK: dict[str, Any] = {
 }  # fmt: skip
 
 
-def pipeline_config(*, quick: bool, model_name: str, version: str) -> dict[str, Any]:
-    """The demo's pipeline settings, publishing ``model_name/version``."""
+def pipeline_config(
+    *, quick: bool, model_name: str, version: str, canary: str = "station-1"
+) -> dict[str, Any]:
+    """The demo's pipeline settings: publish ``model_name/version``, then start its canary
+    rollout on the station ``canary`` (through the stack's API)."""
     config = {k: dict(v) for k, v in (_QUICK if quick else _FULL).items()}
-    config["publish"] = {**config["publish"], "name": model_name, "version": version}
+    config["publish"] = {**config["publish"], "name": model_name, "version": version,
+                         "canary": {"stations": [canary]}}  # fmt: skip
     return config
 
 

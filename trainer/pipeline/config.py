@@ -178,6 +178,23 @@ class BenchSection(_Section):
         return threads
 
 
+class CanarySection(_Section):
+    """After publishing: a canary rollout of the new version, started through the HTTP API
+    (``SLIMSPECT_API_URL``, an operator key in ``SLIMSPECT_API_KEY``; trainer/pipeline/
+    canary.py). ``share`` of the fleet (a stable hash of the station id picks them) or
+    named ``stations``; ``soak_s``: the rollout service's default when unset."""
+
+    share: float | None = Field(default=None, gt=0.0, le=1.0)
+    stations: list[str] | None = Field(default=None, min_length=1)
+    soak_s: float | None = Field(default=None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CanarySection:
+        if (self.share is None) == (self.stations is None):
+            raise ValueError("publish.canary needs either share or stations (not both)")
+        return self
+
+
 class PublishSection(_Section):
     """The registry entry: ``name`` and ``version`` (default: the run id)."""
 
@@ -187,6 +204,9 @@ class PublishSection(_Section):
     parent_version: str | None = None
     score: float | None = Field(
         default=None, gt=0.0, lt=1.0, description="manifest score threshold (default: model's)"
+    )
+    canary: CanarySection | None = Field(
+        default=None, description="start a canary rollout once published (off when unset)"
     )
 
     @field_validator("name")

@@ -9,6 +9,9 @@ and post-processing (:class:`trainer.predict.Predictor`, the functions of
 :mod:`slimspect.detection`) at the manifest's thresholds. A station's smoke test
 (``edge_agent.smoke``) must find them again before it runs the model.
 
+With ``publish.canary`` set, a canary rollout of the version is started through the API
+once it is published (canary.py).
+
 A version is immutable: if the version already exists and is this run's model (same run
 id, same sha256), a rerun adopts it; otherwise publishing is an error.
 """
@@ -131,6 +134,15 @@ def publish_model(run, stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]
         f"{manifest.model.size_bytes / 2**20:.2f} MiB, {len(expected)} golden detection(s)) "
         f"to {store.url}/{store.bucket}"
     )
+    canary = None
+    if p.canary is not None:
+        from trainer.pipeline.canary import start_canary
+
+        rollout = start_canary(p.canary, manifest.name, manifest.version, run.run_id)
+        canary = {"rollout_id": rollout["id"], "state": rollout["state"],
+                  "stations": rollout.get("stations"), "share": rollout.get("share")}  # fmt: skip
+        target = rollout.get("stations") or f"{rollout.get('share')} of the fleet"
+        run.console.print(f"  canary rollout {rollout['id']} of {manifest.key}: {target}")
     return (
         {"manifest": run.rel(manifest_path), "golden": run.rel(golden)},
         {
@@ -140,5 +152,6 @@ def publish_model(run, stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]
             "format": fmt,
             "sha256": manifest.model.sha256,
             "golden_detections": len(expected),
+            "canary": canary,
         },
     )

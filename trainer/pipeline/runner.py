@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.compress.chain import hms
+from trainer.pipeline.canary import check_canary_env
 from trainer.pipeline.config import PipelineConfig, check_run_id
 from trainer.pipeline.records import DONE, STARTED, decide, done_record, started_record
 from trainer.pipeline.run_store import RAY_FOLDER, RunStore
@@ -117,6 +118,7 @@ def run_pipeline(
     workdir = Path(workdir or "runs/pipeline") / run_id
     workdir.mkdir(parents=True, exist_ok=True)
     cache_root = config.ray.worker_cache or Path(tempfile.gettempdir()) / "slimspect-pipeline"
+    check_canary_env(config)  # before hours of training, not after
     runs = RunStore(store_settings, run_id)
     runs.ensure_bucket()
     run = PipelineRun(

@@ -126,3 +126,21 @@ def test_example_file_is_the_defaults():
 
     example = Path(__file__).parents[3] / "configs" / "pipeline.example.yaml"
     assert PipelineConfig.load(example) == PipelineConfig()
+
+
+def test_publish_canary_needs_one_target_and_the_apis_url_and_key_before_the_run():
+    from trainer.pipeline.canary import check_canary_env
+    from trainer.pipeline.records import PipelineError
+
+    for canary in ({}, {"share": 0.1, "stations": ["station-1"]}):
+        with pytest.raises(PipelineConfigError, match="either share or stations"):
+            PipelineConfig.from_dict({"publish": {"canary": canary}})
+    config = PipelineConfig.from_dict({"publish": {"canary": {"stations": ["station-1"]}}})
+    with pytest.raises(PipelineError, match="set SLIMSPECT_API_URL and SLIMSPECT_API_KEY"):
+        check_canary_env(config, environ={})
+    with pytest.raises(PipelineError, match="set SLIMSPECT_API_KEY"):
+        check_canary_env(config, environ={"SLIMSPECT_API_URL": "http://api:8080"})
+    check_canary_env(config, environ={"SLIMSPECT_API_URL": "http://a", "SLIMSPECT_API_KEY": "k"})
+    check_canary_env(PipelineConfig.from_dict({}), environ={})  # no canary: nothing needed
+    # the canary is part of the publish stage's settings (a rerun with another is refused)
+    assert stage_settings(config)["publish"]["canary"]["stations"] == ["station-1"]
