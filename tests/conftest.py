@@ -132,3 +132,9 @@ def make_manifest() -> Callable[..., ModelManifest]:
 def manifest_data() -> dict[str, Any]:
     """Plain fields of a valid manifest, ``model`` included (a made-up digest)."""
     return manifest_fields(model={"sha256": "ab" * 32, "size_bytes": 1234})
+
+
+@pytest.fixture
+def absent_video_index() -> int:
+    """The index of a capture device this machine does not have (/dev/videoN absent)."""
+    return next(i for i in range(7, 1000) if not os.path.exists(f"/dev/video{i}"))
