@@ -388,7 +388,9 @@ class _Starter:
         return self._spawn(
             "ray",
             argv,
-            env=self.env | ray_auth_env(token),
+            # No drain on SIGTERM: `ray start` otherwise waits up to 30 s for a drain that
+            # only matters to Ray Serve replicas (this head has none), and `down` kills it.
+            env=self.env | ray_auth_env(token) | {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
             url=f"{HOST}:{ports.gcs}",
             grace_s=20,
             probes=[{"kind": "tcp", "port": ports.gcs}, {"kind": "tcp", "port": ports.client}],

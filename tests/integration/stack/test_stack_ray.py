@@ -61,5 +61,6 @@ def test_up_with_ray_and_down(tmp_path: Path) -> None:
     finally:
         down = slimspect("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped: ray" in down.stdout, down.stdout  # on SIGTERM, not killed after a drain
     assert survivors(tree) == []
     assert not temp_dir.exists()
