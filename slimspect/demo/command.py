@@ -210,10 +210,10 @@ def demo(workdir: Path, quick: bool, stations: int, stream_s: float | None,
 
         # ---- 5. summary --------------------------------------------------------------------
         story.step("summary")
-        bench = sorted((workdir / "runs" / version / "bench").glob("*.md"))
+        bench = workdir / "runs" / version / "bench" / "bench.json"
         print_summary(
             console,
-            bench_md=bench[0] if bench else None,
+            bench_json=bench,
             by_class=api.stats("class"),
             by_station=api.stats("station"),
             stations=api.stations(),

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.table import Table
 
-__all__ = ["defects_table", "print_summary", "stations_table"]
+__all__ = ["bench_table", "defects_table", "print_summary", "stations_table"]
 
 
 def _rate(value: float | None) -> str:
@@ -48,19 +48,52 @@ def stations_table(stations: list[dict[str, Any]]) -> Table:
     return table
 
 
+def bench_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The pipeline's bench rows (``bench.json``), with size and speed against the first."""
+    table = Table(title=title)
+    for column in ("stage", "params (M)", "MiB", "ms 1t", "ms 2t", "mAP50", "size x", "speed x"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    base = rows[0] if rows else {}
+
+    def num(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    def ratio(row: dict[str, Any], key: str) -> str:
+        a, b = base.get(key), row.get(key)
+        return f"{a / b:.2f}" if a and b else "-"
+
+    for row in rows:
+        table.add_row(
+            row["stage"],
+            "-" if row.get("params") is None else f"{row['params'] / 1e6:.3f}",
+            num(row, "size_mb", ".2f"),
+            num(row, "latency_ms_1t", ".1f"),
+            num(row, "latency_ms_2t", ".1f"),
+            num(row, "map50", ".4f"),
+            ratio(row, "size_mb"),
+            ratio(row, "latency_ms_2t"),
+        )
+    return table
+
+
 def print_summary(
     console: Console,
     *,
-    bench_md: Path | None,
+    bench_json: Path | None,
     by_class: dict[str, Any],
     by_station: dict[str, Any],
     stations: list[dict[str, Any]],
     dashboard: str,
     state_dir: Path,
 ) -> None:
-    if bench_md is not None and bench_md.exists():
-        console.print("[bold]the model, stage by stage[/] (" + str(bench_md) + ")")
-        console.print(Markdown(bench_md.read_text()))
+    if bench_json is not None and bench_json.exists():
+        bench = json.loads(bench_json.read_text())
+        console.print(bench_table(bench["rows"], "the model, stage by stage"))
+        console.print(
+            f"published format: {bench.get('default_format')} ({bench.get('default_reason')}); "
+            f"the whole table: {bench_json.with_suffix('.md')}"
+        )
     console.print(defects_table(by_class, "defects per class (last 24 h)"))
     console.print(defects_table(by_station, "defects per station (last 24 h)"))
     console.print(stations_table(stations))
