@@ -23,7 +23,6 @@ def wait_until(
     what: str,
     describe: Callable[[], str] = lambda: "",
     interval_s: float = 1.0,
-    on_poll: Callable[[], None] | None = None,
 ) -> T:
     """Poll ``check`` until it returns something other than None/False; then return it.
 
@@ -38,8 +37,6 @@ def wait_until(
             value = None
         if value:
             return value
-        if on_poll is not None:
-            on_poll()
         if time.monotonic() > deadline:
             try:
                 seen = describe()

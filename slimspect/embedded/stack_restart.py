@@ -26,13 +26,13 @@ from slimspect.embedded.stack_state import Service, StackState, locked
 from slimspect.embedded.station_config import STATION_PREFIX
 from slimspect.errors import EmbeddedServiceError
 
-__all__ = ["RESTARTABLE", "restart"]
+__all__ = ["restart"]
 
-RESTARTABLE = ("redis", "aggregator", f"{STATION_PREFIX}N")
+_SERVICES = ("redis", "aggregator")  # and every station
 
 
 def _restartable(name: str) -> bool:
-    return name in RESTARTABLE[:2] or name.startswith(STATION_PREFIX)
+    return name in _SERVICES or name.startswith(STATION_PREFIX)
 
 
 def restart(state_dir: Path, name: str, *, timeout_s: float = 120.0, echo=print) -> Service:
@@ -54,7 +54,7 @@ def restart(state_dir: Path, name: str, *, timeout_s: float = 120.0, echo=print)
             )
         if not _restartable(name):
             raise EmbeddedServiceError(
-                f"{name} cannot be restarted alone (only {', '.join(RESTARTABLE)}): "
+                f"{name} cannot be restarted alone (only redis, aggregator, {STATION_PREFIX}N): "
                 f"use 'slimspect down' and 'slimspect up'"
             )
         index = names.index(name)

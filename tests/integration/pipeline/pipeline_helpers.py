@@ -1,4 +1,5 @@
-"""The tiny pipeline of the tests: yolov4-n at 64 px, 16 synthetic images, 1 epoch a stage."""
+"""The tiny pipeline of the tests: yolov4-n at 64 px, 16 synthetic images, 1 epoch a stage;
+and a run whose data stage is done, for tests that start at a later stage."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 from rich.console import Console
 
 from trainer.pipeline.config import PipelineConfig
+from trainer.pipeline.run_store import RunStore
+from trainer.pipeline.stages import PipelineRun, run_data
 
 
 def tiny_config(tmp_path: Path, **sections: Any) -> PipelineConfig:
@@ -36,3 +39,19 @@ def tiny_config(tmp_path: Path, **sections: Any) -> PipelineConfig:
 
 def quiet_console() -> Console:
     return Console(file=io.StringIO(), width=200)
+
+
+def run_with_data(config: PipelineConfig, store_settings, tmp_path: Path, run_id: str):
+    """A PipelineRun whose data stage ran and is in the store as the runner leaves it;
+    returns ``(run, data stage info)``."""
+    runs = RunStore(store_settings, run_id)
+    runs.ensure_bucket()
+    run = PipelineRun(
+        config=config, runs=runs, workdir=tmp_path / "work", cache=tmp_path / "cache",
+        console=quiet_console(), store_settings=store_settings,
+    )  # fmt: skip
+    (run.workdir / "data").mkdir(parents=True)
+    outputs, info = run_data(run, run.workdir / "data", "a")
+    runs.upload_dir(run.workdir / "data", "data")
+    run.records["data"] = {"outputs": outputs, "id": "data-1", **info}
+    return run, info

@@ -9,11 +9,10 @@ import json
 
 import cv2
 import pytest
-from pipeline_helpers import quiet_console, tiny_config
+from pipeline_helpers import run_with_data, tiny_config
 
 from trainer.model import build, get_spec, save_checkpoint
-from trainer.pipeline.run_store import RunStore
-from trainer.pipeline.stages import PipelineRun, run_data, run_prune
+from trainer.pipeline.stages import run_prune
 from trainer.pipeline.sweep import FINISHED, STOPPED, choose, pareto_front, run_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(900)]
@@ -37,18 +36,10 @@ def test_sweep_stage_chooses_the_smallest_model_within_the_budget(
             "reduction_factor": 2,
         },
     )
-    runs = RunStore(store_settings, "sweep-1")
-    runs.ensure_bucket()
-    run = PipelineRun(
-        config=config, runs=runs, workdir=tmp_path / "work", cache=tmp_path / "cache",
-        console=quiet_console(), store_settings=store_settings,
-    )  # fmt: skip
     # the stages before the sweep, in the store as the runner leaves them: the data set
     # and a baseline checkpoint (untrained: the sweep only needs one to start from)
-    (run.workdir / "data").mkdir(parents=True)
-    outputs, info = run_data(run, run.workdir / "data", "a")
-    runs.upload_dir(run.workdir / "data", "data")
-    run.records["data"] = {"outputs": outputs, "id": "data-1", **info}
+    run, info = run_with_data(config, store_settings, tmp_path, "sweep-1")
+    runs = run.runs
     spec = get_spec("yolov4-n", class_names=info["class_names"], input_size=64)
     baseline = run.workdir / "baseline" / "weights" / "best.pt"
     save_checkpoint(baseline, build(spec, seed=0), {"class_names": info["class_names"]})

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import quiet_console, tiny_config
+from pipeline_helpers import run_with_data, tiny_config
 
 from trainer.pipeline.ray_train import fit_stage
-from trainer.pipeline.run_store import RunStore
-from trainer.pipeline.stages import PipelineRun, _train_args, run_data
+from trainer.pipeline.stages import _train_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(1800)]
 
@@ -57,16 +56,8 @@ def _train_workers() -> dict[int, str]:
 
 def test_lost_worker_resumes_from_last_checkpoint(ray_local, store_settings, tmp_path):
     config = tiny_config(tmp_path, ray={"max_failures": 2})
-    runs = RunStore(store_settings, "lost-worker")
-    runs.ensure_bucket()
-    run = PipelineRun(
-        config=config, runs=runs, workdir=tmp_path / "work", cache=tmp_path / "cache",
-        console=quiet_console(), store_settings=store_settings,
-    )  # fmt: skip
-    (run.workdir / "data").mkdir(parents=True)
-    outputs, _ = run_data(run, run.workdir / "data", "a")
-    runs.upload_dir(run.workdir / "data", "data")
-    run.records["data"] = {"outputs": outputs}
+    run, _ = run_with_data(config, store_settings, tmp_path, "lost-worker")
+    runs, data = run.runs, run.records["data"]["outputs"]["data"]
 
     result: dict = {}
     earlier = set(_train_workers())  # idle workers of earlier tests on the session's Ray
@@ -75,7 +66,7 @@ def test_lost_worker_resumes_from_last_checkpoint(ray_local, store_settings, tmp
         try:
             result["metrics"] = fit_stage(
                 kind="baseline", stage="baseline", runs=runs, attempt="a1",
-                train_args={**_train_args(run, EPOCHS), "data": outputs["data"]}, files=[],
+                train_args={**_train_args(run, EPOCHS), "data": data}, files=[],
                 options={}, out_dir=tmp_path / "out", num_workers=2, cpus_per_worker=1.0,
                 torch_threads=1, max_failures=2, cache=run.cache,
             )  # fmt: skip
