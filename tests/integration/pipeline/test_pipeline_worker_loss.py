@@ -17,7 +17,8 @@ from trainer.pipeline.stages import _train_args
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(1800)]
 
-EPOCHS = 5  # the kill comes after the first checkpoint: the rest must still be ahead
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train v2 writes it on registering
+EPOCHS = 8  # the kill comes after the first checkpoint: the rest must still be ahead
 
 
 def _descendants(root: int) -> dict[int, str]:
@@ -54,6 +55,16 @@ def _train_workers() -> dict[int, str]:
     }
 
 
+def _registered_checkpoint(runs) -> bool:
+    """Whether Ray Train's checkpoint manager snapshot in the store names a checkpoint."""
+    for rel, _ in runs.list("baseline/ray"):
+        if rel.endswith(SNAPSHOT):
+            state = runs.read_json(rel) or {}
+            if state.get("latest_checkpoint_result"):
+                return True
+    return False
+
+
 def test_lost_worker_resumes_from_last_checkpoint(ray_local, store_settings, tmp_path):
     config = tiny_config(tmp_path, ray={"max_failures": 2})
     run, _ = run_with_data(config, store_settings, tmp_path, "lost-worker")
@@ -79,10 +90,10 @@ def test_lost_worker_resumes_from_last_checkpoint(ray_local, store_settings, tmp
     killed = None
     deadline = time.monotonic() + 1200
     while killed is None and thread.is_alive() and time.monotonic() < deadline:
-        saved = [rel for rel, _ in runs.list("baseline/ray") if rel.endswith("weights/last.pt")]
-        # Two checkpoints in the store: the first is surely registered with Ray Train by
-        # now (an upload seen at once may not be yet: the restart would start afresh).
-        if len(saved) >= 2:
+        # Kill only once Ray Train's controller has registered a checkpoint: it writes its
+        # snapshot to the store then. An uploaded checkpoint is not enough (under load the
+        # controller may register it seconds later, and a restart before that starts afresh).
+        if _registered_checkpoint(runs):
             workers = [pid for pid in _train_workers() if pid not in earlier]
             if workers:
                 killed = max(workers)
