@@ -219,6 +219,7 @@ def demo(workdir: Path, quick: bool, stations: int, stream_s: float | None,
             stations=api.stations(),
             dashboard=f"{env['SLIMSPECT_API_URL']}/#key={env['SLIMSPECT_API_KEY']}",
             state_dir=state_dir,
+            keep_up=not down,
         )
     except DemoTimeout as exc:
         raise DemoFailed(f"{exc} (logs: {state_dir}/logs/)") from None

@@ -86,6 +86,7 @@ def print_summary(
     stations: list[dict[str, Any]],
     dashboard: str,
     state_dir: Path,
+    keep_up: bool = True,
 ) -> None:
     if bench_json is not None and bench_json.exists():
         bench = json.loads(bench_json.read_text())
@@ -98,7 +99,8 @@ def print_summary(
     console.print(defects_table(by_station, "defects per station (last 24 h)"))
     console.print(stations_table(stations))
     console.print(f"dashboard: [bold]{dashboard}[/]")
-    console.print(
-        f"the stack keeps running; use it from a shell with `source {state_dir}/env.sh`, "
-        f"stop it with `slimspect down --state-dir {state_dir}`"
-    )
+    if keep_up:
+        console.print(
+            f"the stack keeps running; use it from a shell with `source {state_dir}/env.sh`, "
+            f"stop it with `slimspect down --state-dir {state_dir}`"
+        )

@@ -75,6 +75,13 @@ def data() -> None:
     type=click.IntRange(min=1),
     help="Processes to draw with (the files do not depend on it).",
 )
+@click.option(
+    "--contrast",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=20, min_open=True),
+    help="Scale of every defect's contrast (1: faint to strong, as NEU-DET; 3: plain to see).",
+)
 def synth(
     out: Path,
     images: int,
@@ -84,6 +91,7 @@ def synth(
     val_fraction: float,
     overwrite: bool,
     workers: int,
+    contrast: float,
 ) -> None:
     """Write a synthetic NEU-DET-like data set: grey steel with six kinds of boxed defects."""
     from rich.progress import (
@@ -117,6 +125,7 @@ def synth(
                 val_fraction=val_fraction,
                 workers=workers,
                 progress=lambda n: progress.advance(task, n),
+                contrast=contrast,
             )
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc

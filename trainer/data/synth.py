@@ -52,9 +52,12 @@ class SynthImage:
     classes: np.ndarray  # int64 (N,)
 
 
-def render(seed: int, index: int, size: int = 200) -> SynthImage:
-    """Draw image ``index`` of the data set with ``seed``."""
+def render(seed: int, index: int, size: int = 200, contrast: float = 1.0) -> SynthImage:
+    """Draw image ``index`` of the data set with ``seed``; ``contrast`` scales every
+    defect's contrast (1: the NEU-DET-like faint-to-strong range; 3: plainly visible
+    defects, which a few CPU minutes of training from scratch learn to find)."""
     rng = np.random.default_rng([seed, index])
+    scale = float(contrast)  # the loop below names each defect's own contrast
     bank = noise_bank(size)
     image, std = texture(rng, bank)
     clutter(image, rng, bank, std)
@@ -66,7 +69,7 @@ def render(seed: int, index: int, size: int = 200) -> SynthImage:
         painter, dark = PAINTERS[cls]
         contrast = (
             max(std, 5.0) * CLASS_CONTRAST[cls] * float(np.exp(rng.uniform(*np.log(CONTRAST))))
-        )
+        ) * scale
         placed = _place(rng, bank, painter, contrast, boxes)
         if placed is None:
             continue
@@ -159,6 +162,7 @@ def synthesize(
     val_fraction: float = 0.2,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    contrast: float = 1.0,
 ) -> DetectionDataset:
     """Write a synthetic data set of ``images`` grey ``size`` x ``size`` PNGs to ``out_dir``.
 
@@ -168,6 +172,7 @@ def synthesize(
         val_fraction: share of images held out as the ``val`` split.
         workers: processes to draw with; the files do not depend on it.
         progress: called with the number of images finished since the last call.
+        contrast: defect contrast scale (:func:`render`).
 
     Returns:
         The data set as written.
@@ -178,6 +183,8 @@ def synthesize(
         raise DatasetError("need at least 1 image of at least 32 pixels")
     if not 0 <= val_fraction < 1:
         raise DatasetError(f"val fraction must be in [0, 1), not {val_fraction}")
+    if not 0 < contrast <= 20:
+        raise DatasetError(f"contrast must be in (0, 20], not {contrast}")
     out_dir = Path(out_dir)
     prepare_output(out_dir)
     held_out = val_indices(images, val_fraction, seed)
@@ -189,7 +196,7 @@ def synthesize(
     for folder in {p.parent for p in paths}:
         folder.mkdir(parents=True, exist_ok=True)
     chunks = [list(range(i, min(i + 64, images))) for i in range(0, images, 64)]
-    jobs = [(seed, size, [(i, paths[i]) for i in chunk]) for chunk in chunks]
+    jobs = [(seed, size, contrast, [(i, paths[i]) for i in chunk]) for chunk in chunks]
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if workers > 1:
         # spawn, not fork: forking a process whose thread pools (OpenMP, OpenCV) are running
@@ -217,10 +224,10 @@ def synthesize(
 
 
 def _draw_chunk(job) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    seed, size, items = job
+    seed, size, contrast, items = job
     done = {}
     for index, path in items:
-        drawn = render(seed, index, size)
+        drawn = render(seed, index, size, contrast)
         ok, data = cv2.imencode(".png", drawn.image, PNG)
         if not ok:
             raise DatasetError(f"could not encode {path}")

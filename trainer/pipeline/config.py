@@ -29,7 +29,7 @@ from pydantic import (
 
 from slimspect.manifest import check_name, check_version
 
-__all__ = ["RUN_ID_PATTERN", "PipelineConfig", "PipelineConfigError", "check_run_id"]
+__all__ = ["CPU_RECIPE", "RUN_ID_PATTERN", "PipelineConfig", "PipelineConfigError", "check_run_id"]
 
 # a path component of the store layout and a manifest lineage slug at once
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -60,16 +60,38 @@ class DataSection(_Section):
     size: int = Field(default=256, ge=32)
     seed: int = 0
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    contrast: float = Field(
+        default=1.0, gt=0.0, le=20.0, description="synthetic defects' contrast scale"
+    )
+
+
+# The short-budget recipe of BENCHMARKS.md ("CPU training recipe"): on tens of epochs from
+# scratch, optimizer steps matter most (TrainConfig's YOLOv5 defaults, SGD with a nominal
+# batch of 64, take 4-8x fewer and learned nothing in 30 epochs), AdamW beats SGD, and
+# mosaic delays learning on these textures.
+CPU_RECIPE: dict[str, Any] = {
+    "optimizer": "AdamW",
+    "accumulate": 1,
+    "warmup_epochs": 1,
+    "augment.mosaic.p": 0.0,
+}
 
 
 class TrainSection(_Section):
-    """Shared by the baseline, sparse and distill trainings (a TrainConfig's fields)."""
+    """Shared by the baseline, sparse and distill trainings (a TrainConfig's fields).
+
+    ``recipe`` (dotted TrainConfig keys; default :data:`CPU_RECIPE`) is applied first,
+    then ``overrides``: a user changes one key in ``overrides`` and keeps the rest of the
+    recipe, or sets ``recipe: {}`` for TrainConfig's own defaults."""
 
     model: str = "yolov4-n"
     imgsz: int = Field(default=256, ge=32)
-    batch: int = Field(default=16, ge=1)
+    batch: int = Field(default=8, ge=1)
     seed: int = 0
     device: str = "cpu"
+    recipe: dict[str, Any] = Field(
+        default_factory=lambda: dict(CPU_RECIPE), description="TrainConfig fields, dotted keys"
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="more TrainConfig fields, dotted keys as --set"
     )

@@ -83,7 +83,9 @@ def _start_ray(address: str | None) -> tuple[bool, str | None]:
 
     if ray.is_initialized():
         return False, None
-    context = ray.init(address=address, log_to_driver=True)
+    from trainer.pipeline.ray_logging import RUNTIME_ENV
+
+    context = ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
     url = getattr(context, "dashboard_url", None) or None
     return True, (url if url is None or "://" in url else f"http://{url}")
 

@@ -177,10 +177,14 @@ def run_data(run: PipelineRun, stage_dir: Path, attempt: str):
         shutil.copytree(root, stage_dir, dirs_exist_ok=True)
         entry = stage_dir / source.name if source.is_file() else stage_dir
     else:
-        run.console.print(f"  synthesizing {d.images} images of {d.size} px (seed {d.seed})")
-        synthesize(
-            stage_dir, images=d.images, size=d.size, seed=d.seed, val_fraction=d.val_fraction
+        contrast = "" if d.contrast == 1 else f", defect contrast x{d.contrast:g}"
+        run.console.print(
+            f"  synthesizing {d.images} images of {d.size} px (seed {d.seed}{contrast})"
         )
+        synthesize(
+            stage_dir, images=d.images, size=d.size, seed=d.seed,
+            val_fraction=d.val_fraction, contrast=d.contrast,
+        )  # fmt: skip
         entry = stage_dir / "data.yaml"
     yaml_file = entry if entry.suffix in (".yaml", ".yml") else stage_dir / "data.yaml"
     if yaml_file.is_file():
@@ -219,7 +223,7 @@ def _train_args(run: PipelineRun, epochs: int) -> dict[str, Any]:
         "patience": None,  # early stopping on a falling mAP would end sparse training
         "verbose": True,
     }
-    for key, value in t.overrides.items():
+    for key, value in {**t.recipe, **t.overrides}.items():
         set_dotted(args, key, value)
     try:
         return TrainConfig.from_dict(args).to_dict()

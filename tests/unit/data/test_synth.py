@@ -108,3 +108,24 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path):
         synthesize(tmp_path, 2, size=SIZE)
     with pytest.raises(DatasetError, match="cannot write format"):
         synthesize(tmp_path / "new", 2, size=SIZE, fmt="neu")
+
+
+def test_contrast_scales_the_defects_only():
+    """contrast 1 is the default; a higher one changes the defects' pixels, not the rest."""
+    for index in range(6):
+        plain, same = render(4, index, SIZE), render(4, index, SIZE, contrast=1.0)
+        assert np.array_equal(plain.image, same.image)
+        strong = render(4, index, SIZE, contrast=3.0)
+        changed = np.abs(strong.image.astype(int) - plain.image.astype(int)) > 2
+        inside = np.zeros_like(changed)
+        for x1, y1, x2, y2 in np.vstack([plain.boxes, strong.boxes]).astype(int):
+            inside[max(y1 - 4, 0) : y2 + 4, max(x1 - 4, 0) : x2 + 4] = True
+        assert changed.any()
+        # blur and light spread a defect a little beyond its box; the texture is unchanged
+        assert changed[~inside].mean() < 0.01
+        np.testing.assert_array_equal(strong.classes, plain.classes)
+
+
+def test_contrast_out_of_range_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="contrast"):
+        synthesize(tmp_path / "x", 4, size=SIZE, contrast=0)

@@ -144,3 +144,26 @@ def test_publish_canary_needs_one_target_and_the_apis_url_and_key_before_the_run
     check_canary_env(PipelineConfig.from_dict({}), environ={})  # no canary: nothing needed
     # the canary is part of the publish stage's settings (a rerun with another is refused)
     assert stage_settings(config)["publish"]["canary"]["stations"] == ["station-1"]
+
+
+def test_train_recipe_is_applied_then_overrides_win(tmp_path):
+    from trainer.pipeline.config import CPU_RECIPE
+    from trainer.pipeline.stages import PipelineRun, _train_args
+
+    def args(train: dict) -> dict:
+        config = PipelineConfig.from_dict({"train": train})
+        run = PipelineRun(config=config, runs=None, workdir=tmp_path, cache=tmp_path,
+                          console=None, records={"data": {"outputs": {"data": "d.yaml"}}})  # fmt: skip
+        return _train_args(run, 3)
+
+    default = args({})
+    assert (default["optimizer"], default["accumulate"], default["warmup_epochs"]) == (
+        CPU_RECIPE["optimizer"], CPU_RECIPE["accumulate"], CPU_RECIPE["warmup_epochs"])  # fmt: skip
+    assert default["augment"]["mosaic"]["p"] == 0.0 and default["batch"] == 8
+    # one key changed in overrides: the rest of the recipe stays
+    tuned = args({"overrides": {"lr0": 0.002, "augment.mosaic.p": 0.3}})
+    assert (tuned["optimizer"], tuned["lr0"], tuned["augment"]["mosaic"]["p"]) == (
+        "AdamW", 0.002, 0.3)  # fmt: skip
+    # no recipe: TrainConfig's own defaults
+    plain = args({"recipe": {}})
+    assert plain["optimizer"] == "SGD" and plain["accumulate"] == "auto"
