@@ -11,7 +11,7 @@ from trainer.pipeline.stages import STAGES, stage_settings
 def test_defaults_are_valid_and_cover_every_stage():
     config = PipelineConfig()
     assert config.data.path is None  # synthetic data by default
-    assert config.ray.num_workers == 2
+    assert (config.ray.num_workers, config.ray.torch_threads) == (1, 2)  # fastest on 2 cores
     assert set(stage_settings(config)) == set(STAGES)
 
 
