@@ -22,7 +22,7 @@ from pathlib import Path
 from slimspect.embedded import probes
 from slimspect.embedded.processes import is_alive, log_tail, spawn, stop_together
 from slimspect.embedded.stack_env import child_env
-from slimspect.embedded.stack_state import Service, StackState, locked
+from slimspect.embedded.stack_state import STACK_FILE, Service, StackState, locked
 from slimspect.embedded.station_config import STATION_PREFIX
 from slimspect.errors import EmbeddedServiceError
 
@@ -43,10 +43,13 @@ def restart(state_dir: Path, name: str, *, timeout_s: float = 120.0, echo=print)
             be restarted alone, or one that exits or does not answer in ``timeout_s``.
     """
     state_dir = state_dir.resolve()
+    no_stack = EmbeddedServiceError(f"no stack runs in {state_dir} (start one: slimspect up)")
+    if not (state_dir / STACK_FILE).is_file():
+        raise no_stack  # before the lock: it would leave a .lock file where no stack is
     with locked(state_dir):
         state = StackState.load(state_dir)
         if state is None:
-            raise EmbeddedServiceError(f"no stack runs in {state_dir} (start one: slimspect up)")
+            raise no_stack
         names = [s.name for s in state.services]
         if name not in names:
             raise EmbeddedServiceError(

@@ -757,8 +757,9 @@ def bench_stage(
     warmup: int,
     extra: Mapping[str, Any],
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """One row per stage (cached in ``bench/<row>.json``), then bench.json/.md and channels.png."""
-    from trainer.compress.table import machine_info, stage_row, write_table
+    """One row per stage (cached in ``bench/<row>.json``; the latencies always measured
+    together, side by side), then bench.json/.md and channels.png."""
+    from trainer.compress.table import machine_info, stage_rows, write_table
 
     console, rec, out = ctx.console, ctx.records, ctx.out
     export = rec["export"]["outputs"]
@@ -770,34 +771,37 @@ def bench_stage(
     ]
     if export.get("int8"):
         plan.append(("distilled-int8", {"onnx": ctx.path(export["int8"])}))
-    rows = []
-    for name, source in plan:
-        cache = stage_dir / f"{name}.json"
-        row = _read_json(cache)
-        if row is None:
-            t0 = time.perf_counter()
-            row = stage_row(
-                name,
-                **source,
-                data=data,
-                split=split,
-                threads=threads,
-                repeats=repeats,
-                warmup=warmup,
-            )
-            _write_json(cache, row)
-            m = row.get("map50")
-            console.print(
-                f"  {name}: {row['params']:,} params, {row['size_mb']:.2f} MiB, "
-                + ", ".join(
-                    f"{k.split('_')[-1]} {v:.1f} ms"
-                    for k, v in row.items()
-                    if k.startswith("latency_ms_")
-                )
-                + (f", mAP50 {m:.4f}" if m is not None else "")
-                + f" ({hms(time.perf_counter() - t0)})"
-            )
-        rows.append(row)
+    known = {}  # rows measured before a restart: their size and mAP stand
+    for name, _ in plan:
+        row = _read_json(stage_dir / f"{name}.json")
+        if row is not None:
+            known[name] = row
+    t0 = time.perf_counter()
+
+    def measured(row: dict[str, Any]) -> None:
+        _write_json(stage_dir / f"{row['stage']}.json", row)
+        m = row.get("map50")
+        console.print(
+            f"  {row['stage']}: {row['params']:,} params, {row['size_mb']:.2f} MiB"
+            + (f", mAP50 {m:.4f}" if m is not None else "")
+            + (" (measured before)" if row["stage"] in known else "")
+        )
+
+    rows = stage_rows(
+        plan, data=data, split=split, threads=threads, repeats=repeats, warmup=warmup,
+        known=known, on_row=measured,
+    )  # fmt: skip
+    for row in rows:
+        _write_json(stage_dir / f"{row['stage']}.json", row)
+    console.print(
+        "  latency, every model side by side: "
+        + "; ".join(
+            f"{row['stage']} "
+            + " / ".join(f"{v:.1f}" for k, v in row.items() if k.startswith("latency_ms_"))
+            for row in rows
+        )
+        + f" ms ({', '.join(f'{t} thread(s)' for t in threads)}; {hms(time.perf_counter() - t0)})"
+    )
 
     channels = out / "channels.png"
     shutil.copyfile(ctx.path(rec["prune"]["outputs"]["channels"]), channels)

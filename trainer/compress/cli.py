@@ -437,7 +437,7 @@ def bench(items, data, split, json_path, md_path, repeats, warmup) -> None:
     """
     from rich.console import Console
 
-    from trainer.compress.table import machine_info, print_table, stage_row, write_table
+    from trainer.compress.table import machine_info, print_table, stage_rows, write_table
 
     pairs = _bench_items(items)
     if data is None:
@@ -447,18 +447,18 @@ def bench(items, data, split, json_path, md_path, repeats, warmup) -> None:
     if not Path(data).exists():
         raise click.ClickException(f"data not found: {data}")
     console = Console()
-    rows = []
-    for name, path in pairs:
-        source = {"onnx" if path.suffix.lower() == ".onnx" else "checkpoint": path}
-        try:
-            rows.append(
-                stage_row(name, **source, data=data, split=split, repeats=repeats, warmup=warmup)
-            )
-        except (ValueError, OSError) as exc:
-            raise click.ClickException(
-                f"{name}: {type(exc).__name__}: {exc}".replace("\n", " ")
-            ) from None
-        console.print(f"measured {name} ({path})")
+    plan = [
+        (name, {"onnx" if path.suffix.lower() == ".onnx" else "checkpoint": path})
+        for name, path in pairs
+    ]
+    console.print("size and mAP of each model, then the latencies of all side by side")
+    try:
+        rows = stage_rows(
+            plan, data=data, split=split, repeats=repeats, warmup=warmup,
+            on_row=lambda row: console.print(f"measured {row['stage']}"),
+        )  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".replace("\n", " ")) from None
     extra = {
         "sources": {name: str(path) for name, path in pairs},
         "data": str(data),

@@ -16,8 +16,9 @@ What a row measures
   int8 ONNX. This is what a station downloads.
 * ``gflops``: 2 * conv MACs of one image at the spec's input size (:mod:`trainer.model.profile`).
 * ``latency_ms_1t``, ``latency_ms_2t``: median ms of ``repeats`` single-image ONNX Runtime
-  runs after ``warmup`` untimed ones (:func:`trainer.bench.ort_latency`), 1 and 2 intra-op
-  threads. Latency is ALWAYS measured on an ONNX file, never on torch: a checkpoint row is
+  runs after ``warmup`` untimed ones, 1 and 2 intra-op threads; the rows of one table are
+  timed side by side (:func:`stage_rows`: models alternating, so the ratios hold on a
+  noisy machine). Latency is ALWAYS measured on an ONNX file, never on torch: a checkpoint row is
   exported first, so every row is timed the way a station runs it. ``fps_2t`` = 1000 /
   ``latency_ms_2t``.
 * ``map50``, ``map50_95``: on ``split`` of ``data``. ONNX rows through ONNX Runtime
@@ -46,6 +47,7 @@ __all__ = [
     "print_table",
     "ratios",
     "stage_row",
+    "stage_rows",
     "table_markdown",
     "write_table",
 ]
@@ -111,13 +113,85 @@ def stage_row(
     Raises FileNotFoundError for a missing file, ValueError for a file that is not a
     slimspect checkpoint/export or a data set that does not fit the model.
     """
-    from trainer.bench import ort_latency
+    source = {"checkpoint": checkpoint, "onnx": onnx}
+    return stage_rows(
+        [(stage, source)], data=data, split=split, threads=threads, repeats=repeats,
+        warmup=warmup,
+    )[0]  # fmt: skip
+
+
+def stage_rows(
+    plan: Sequence[tuple[str, Mapping[str, str | Path | None]]],
+    *,
+    data: str | Path | None,
+    split: str = "val",
+    threads: Sequence[int] = (1, 2),
+    repeats: int = 20,
+    warmup: int = 5,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
+    on_row: Any = None,
+) -> list[dict[str, Any]]:
+    """Rows of several stages (``plan``: ``(stage, {"checkpoint": ..., "onnx": ...})``), as
+    :func:`stage_row` measures one, with their latencies taken side by side: for each
+    thread count every model is timed in one :func:`trainer.compress.quantize.
+    interleaved_latency` pass (alternating models, so a noisy moment of a shared machine
+    falls on all of them, not on one row), after every row's size and mAP.
+
+    ``known``: rows measured before (a resumed stage): their size, cost and mAP are taken
+    as they are, only the latency is measured again (with the others). ``on_row(row)`` is
+    called with each row once its size, cost and mAP are known (before the timing).
+    """
+    from trainer.compress.quantize import interleaved_latency
+
+    if not threads or any(int(t) < 1 for t in threads):
+        raise ValueError(f"threads must be positive thread counts, got {threads!r}")
+    known = known or {}
+    rows: list[dict[str, Any]] = []
+    timing: dict[tuple[tuple[int, int], int], dict[str, Path]] = {}
+    with tempfile.TemporaryDirectory(prefix="slimspect-bench-") as tmp:
+        for i, (stage, source) in enumerate(plan):
+            row, onnx_path, hw, channels = _measured_row(
+                stage, **source, data=data, split=split, export_to=Path(tmp) / f"{i}.onnx",
+                known=known.get(stage),
+            )  # fmt: skip
+            rows.append(row)
+            timing.setdefault((hw, channels), {})[stage] = onnx_path
+            if on_row is not None:
+                on_row(row)
+        for t in sorted({int(t) for t in threads}):
+            for (hw, channels), models in timing.items():
+                measured = interleaved_latency(
+                    models, t, hw, channels, warmup=warmup, repeats=repeats
+                )
+                for row in rows:
+                    if row["stage"] in measured:
+                        row[f"latency_ms_{t}t"] = float(measured[row["stage"]]["median_ms"])
+                        row[f"fps_{t}t"] = float(measured[row["stage"]]["fps"])
+    top = max(int(t) for t in threads)
+    for row in rows:  # the fps of the largest thread count only, after the latencies
+        for t in threads:
+            if int(t) != top:
+                row.pop(f"fps_{int(t)}t", None)
+        row["map50"], row["map50_95"] = row.pop("map50"), row.pop("map50_95")
+    return rows
+
+
+def _measured_row(
+    stage: str,
+    *,
+    checkpoint: str | Path | None = None,
+    onnx: str | Path | None = None,
+    data: str | Path | None,
+    split: str,
+    export_to: Path,
+    known: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], Path, tuple[int, int], int]:
+    """``(row without latency, ONNX file to time, (H, W), channels)`` of one stage; a
+    checkpoint is exported to ``export_to`` for timing."""
     from trainer.export import read_onnx_metadata
 
     if checkpoint is None and onnx is None:
         raise ValueError(f"{stage}: give a checkpoint or an ONNX file")
-    if not threads or any(int(t) < 1 for t in threads):
-        raise ValueError(f"threads must be positive thread counts, got {threads!r}")
     for path in (checkpoint, onnx):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{stage}: file not found: {path}")
@@ -128,48 +202,41 @@ def stage_row(
 
         model, meta = load_checkpoint(checkpoint)
         model.eval()
-    with tempfile.TemporaryDirectory(prefix="slimspect-bench-") as tmp:
-        if onnx is None:
-            assert model is not None and meta is not None
-            onnx_path = _export_for_timing(model, meta, Path(tmp) / f"{stage}.onnx")
+    if onnx is None:
+        assert model is not None and meta is not None
+        onnx_path = _export_for_timing(model, meta, export_to)
+    else:
+        onnx_path = Path(onnx)
+    onnx_meta = read_onnx_metadata(onnx_path)
+    spec = model.spec if model is not None else _spec_of_onnx(onnx_meta)
+    geometry = onnx_meta.get("slimspect.input") or {}
+    hw = (
+        int(geometry.get("height", spec.input_size)),
+        int(geometry.get("width", spec.input_size)),
+    )
+    channels = int(geometry.get("channels", spec.in_channels))
+    if known is not None:
+        row = {k: v for k, v in known.items() if not k.startswith(("latency_ms_", "fps_"))}
+        return {**row, "stage": stage}, onnx_path, hw, channels
+    row: dict[str, Any] = {
+        "stage": stage,
+        "params": int(spec.num_params()),
+        "size_mb": onnx_path.stat().st_size / 2**20,
+        "gflops": float(_gflops_of_spec(spec)),
+    }
+    map50 = map50_95 = None
+    if data is not None:
+        if onnx is not None:
+            from trainer.compress.quantize import evaluate_onnx
+
+            result = evaluate_onnx(onnx_path, data, split)
         else:
-            onnx_path = Path(onnx)
-        onnx_meta = read_onnx_metadata(onnx_path)
-        spec = model.spec if model is not None else _spec_of_onnx(onnx_meta)
-        geometry = onnx_meta.get("slimspect.input") or {}
-        hw = (
-            int(geometry.get("height", spec.input_size)),
-            int(geometry.get("width", spec.input_size)),
-        )
-        channels = int(geometry.get("channels", spec.in_channels))
-        row: dict[str, Any] = {
-            "stage": stage,
-            "params": int(spec.num_params()),
-            "size_mb": onnx_path.stat().st_size / 2**20,
-            "gflops": float(_gflops_of_spec(spec)),
-        }
-        latency = {
-            int(t): ort_latency(onnx_path, int(t), hw, channels, warmup=warmup, repeats=repeats)
-            for t in threads
-        }
-        for t, lat in latency.items():
-            row[f"latency_ms_{t}t"] = float(lat["median_ms"])
-        top = max(latency)
-        row[f"fps_{top}t"] = float(latency[top]["fps"])
+            from trainer.validate import validate
 
-        map50 = map50_95 = None
-        if data is not None:
-            if onnx is not None:
-                from trainer.compress.quantize import evaluate_onnx
-
-                result = evaluate_onnx(onnx_path, data, split)
-            else:
-                from trainer.validate import validate
-
-                result = validate(model, data, split)
-            map50, map50_95 = float(result.map50), float(result.map50_95)
-        row["map50"], row["map50_95"] = map50, map50_95
-    return row
+            result = validate(model, data, split)
+        map50, map50_95 = float(result.map50), float(result.map50_95)
+    row["map50"], row["map50_95"] = map50, map50_95
+    return row, onnx_path, hw, channels
 
 
 # --------------------------------------------------------------------------------------

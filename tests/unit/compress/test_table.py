@@ -18,6 +18,7 @@ from trainer.compress.table import (
     print_table,
     ratios,
     stage_row,
+    stage_rows,
     table_markdown,
     write_table,
 )
@@ -76,6 +77,36 @@ def test_row_from_checkpoint_and_from_onnx(tiny):
 def test_row_without_data_has_no_map(tiny):
     row = stage_row("x", onnx=tiny["onnx"], data=None, repeats=3, warmup=0)
     assert row["map50"] is None and row["map50_95"] is None
+
+
+def test_rows_are_timed_side_by_side_and_known_rows_keep_their_measures(tiny, monkeypatch):
+    from trainer.compress import quantize
+
+    calls = []
+    real = quantize.interleaved_latency
+
+    def spy(models, threads, *args, **kwargs):
+        calls.append((sorted(models), threads))
+        return real(models, threads, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "interleaved_latency", spy)
+    known = {"onnx": {"stage": "onnx", "params": 7, "size_mb": 1.5, "gflops": 0.1,
+                      "latency_ms_1t": 999.0, "map50": 0.5, "map50_95": 0.25}}  # fmt: skip
+    seen = []
+    rows = stage_rows(
+        [("ckpt", {"checkpoint": tiny["ckpt"]}), ("onnx", {"onnx": tiny["onnx"]})],
+        data=tiny["data"], repeats=3, warmup=1, known=known,
+        on_row=lambda row: seen.append((row["stage"], "latency_ms_1t" in row)),
+    )  # fmt: skip
+    # one pass per thread count over both models, after both rows' size and mAP
+    assert calls == [(["ckpt", "onnx"], 1), (["ckpt", "onnx"], 2)]
+    assert seen == [("ckpt", False), ("onnx", False)]
+    for row in rows:
+        assert tuple(row) == ROW_KEYS
+        assert 0 < row["latency_ms_1t"] < 999 and row["latency_ms_2t"] > 0
+    # the known row: measured before (size, mAP kept), timed again with the other
+    assert (rows[1]["params"], rows[1]["map50"], rows[1]["size_mb"]) == (7, 0.5, 1.5)
+    assert rows[0]["params"] == tiny["model"].spec.num_params()
 
 
 def test_row_errors(tiny, tmp_path):

@@ -131,6 +131,9 @@ def test_restart_names_what_it_cannot_do(tmp_path):
 
     with pytest.raises(EmbeddedServiceError, match="no stack runs"):
         restart(tmp_path, "aggregator")
+    assert list(tmp_path.iterdir()) == []  # no lock file left where no stack is
+    with pytest.raises(EmbeddedServiceError, match="no stack runs"):
+        restart(tmp_path / "missing", "aggregator")
     state = StackState(tmp_path)
     state.services = [Service(ProcessRecord("api", 2**22 - 1, 0, ["true"]), url="", probes=[])]
     state.save()
