@@ -30,7 +30,11 @@ def tiny_config(tmp_path: Path, **sections: Any) -> PipelineConfig:
         "export": {"int8": True, "calibration_images": 4},
         "bench": {"threads": [1], "repeats": 2, "warmup": 1},
         "publish": {"name": "tiny-pipeline", "score": 0.05},
-        "ray": {"num_workers": 2, "worker_cache": str(tmp_path / "worker-cache")},
+        "ray": {
+            "num_workers": 2,
+            "torch_threads": 1,
+            "worker_cache": str(tmp_path / "worker-cache"),
+        },
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
