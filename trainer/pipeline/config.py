@@ -53,7 +53,13 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    """The data set: an existing one (``path``: its folder or data.yaml), else synthetic."""
+    """The data set: an existing one (``path``: its folder or data.yaml), else synthetic.
+
+    The synthetic defects are drawn at 3x the contrast of ``slimspect data synth``'s
+    NEU-DET-like default (``contrast``): the default pipeline's 30 epochs of yolov4-n
+    learn those (on the faint default its baseline reached mAP50 0.003; BENCHMARKS.md
+    "The pipeline on Ray"). ``contrast: 1`` gives the faint set of the benchmarks.
+    """
 
     path: str | None = None
     images: int = Field(default=400, ge=4)
@@ -61,7 +67,7 @@ class DataSection(_Section):
     seed: int = 0
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     contrast: float = Field(
-        default=1.0, gt=0.0, le=20.0, description="synthetic defects' contrast scale"
+        default=3.0, gt=0.0, le=20.0, description="synthetic defects' contrast scale"
     )
 
 
