@@ -10,6 +10,7 @@ turns every API error into a message for a terminal.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,10 +28,17 @@ class ApiRequestError(RuntimeError):
 
 
 class Api:
-    def __init__(self, url: str, key: str | None, timeout_s: float = 10.0) -> None:
+    """``get_retries``: a GET answered 503 (the API's "retry later": Redis or the store
+    briefly away, as while a restarted Redis reloads its AOF) is sent again that many
+    times, after 0.5, 1, 2, ... s (5: about 15 s); a POST is never repeated."""
+
+    def __init__(
+        self, url: str, key: str | None, timeout_s: float = 10.0, get_retries: int = 5
+    ) -> None:
         self.url = url.rstrip("/")
         self.key = key
         self.timeout_s = timeout_s
+        self.get_retries = get_retries
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -57,7 +65,16 @@ class Api:
             raise ApiRequestError(f"{method} {path}: HTTP {exc.code}: {detail}", exc.code) from None
 
     def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, **params)
+        delay = 0.5
+        for attempt in range(self.get_retries + 1):
+            try:
+                return self.request("GET", path, **params)
+            except ApiRequestError as exc:
+                if exc.status != 503 or attempt == self.get_retries:
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)

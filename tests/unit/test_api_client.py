@@ -12,11 +12,16 @@ from slimspect.api_client import Api, ApiRequestError
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
+    busy = 0  # /v1/busy answers 503 this many more times
+
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         if self.path.startswith("/v1/missing"):
             payload, status = {"detail": "rollout ro-1 not found"}, 404
+        elif self.path.startswith("/v1/busy") and _Echo.busy > 0:
+            _Echo.busy -= 1
+            payload, status = {"detail": "event storage (Redis) is unavailable; retry later"}, 503
         else:
             payload, status = {"method": self.command, "path": self.path, "body": body,
                                "auth": self.headers.get("Authorization")}, 200  # fmt: skip
@@ -54,3 +59,19 @@ def test_post_sends_json_and_an_error_carries_the_apis_message(api):
     with pytest.raises(ApiRequestError, match="HTTP 404: rollout ro-1 not found") as info:
         api.post("/v1/missing", {})
     assert info.value.status == 404
+
+
+def test_get_is_retried_while_the_api_answers_503_and_post_is_not(api):
+    _Echo.busy = 2
+    assert api.get("/v1/busy")["path"] == "/v1/busy"  # third time lucky, after 0.5 + 1 s
+    assert _Echo.busy == 0
+    _Echo.busy = 1
+    with pytest.raises(ApiRequestError, match="HTTP 503: event storage") as info:
+        api.post("/v1/busy", {})
+    assert info.value.status == 503
+    _Echo.busy = 10
+    quick = Api(api.url, api.key, get_retries=1)
+    with pytest.raises(ApiRequestError, match="HTTP 503"):
+        quick.get("/v1/busy")
+    assert _Echo.busy == 8  # tried twice, then gave up
+    _Echo.busy = 0

@@ -268,6 +268,7 @@ def compress(
     layers: int = 0,
     round_to: int = 8,
     min_keep_frac: float = 0.1,
+    keep_by: str = "gamma",
     distill_epochs: int = 20,
     teacher: str = "sparse",
     temperature: float = 2.0,
@@ -295,7 +296,7 @@ def compress(
             measured on ``split`` (``val``; the engine's choice when it has none).
         sparse_epochs, s, schedule, proximal, bn_lr_scale: the sparse stage
             (:func:`trainer.compress.sparsity.sparse_train`).
-        percent | max_map_drop, layers, round_to, min_keep_frac: the prune stage, as
+        percent | max_map_drop, layers, round_to, min_keep_frac, keep_by: the prune stage, as
             ``slimspect prune`` (``max_map_drop``: largest percent whose mAP50 before
             fine-tuning stays within it, a fraction: 0.05 = 5 points).
         distill_epochs, teacher ("sparse": the sparse model; "baseline"), temperature,
@@ -365,6 +366,7 @@ def compress(
             "layers": layers,
             "round_to": round_to,
             "min_keep_frac": min_keep_frac,
+            "keep_by": keep_by,
             "split": eval_split,
         },
         "distill": {
@@ -433,6 +435,7 @@ def compress(
             layers=layers,
             round_to=round_to,
             min_keep_frac=min_keep_frac,
+            keep_by=keep_by,
         )
 
     def run_distill(stage_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -648,6 +651,7 @@ def prune_stage(
     layers,
     round_to,
     min_keep_frac,
+    keep_by="gamma",
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """As ``slimspect prune`` (layers first, then channels; optional mAP-budget search)."""
     from trainer.compress.prune_run import prune_run
@@ -655,7 +659,8 @@ def prune_stage(
 
     summary = prune_run(
         sparse_ckpt, stage_dir, percent=percent, layers=layers, max_map_drop=max_map_drop,
-        round_to=round_to, min_keep_frac=min_keep_frac, data=read_dataset(Path(data)),
+        round_to=round_to, min_keep_frac=min_keep_frac, keep_by=keep_by,
+        data=read_dataset(Path(data)),
         split=split, log=lambda line: ctx.console.print(f"  {line}"),
     )  # fmt: skip
     outputs = {

@@ -4,7 +4,12 @@ Plan (:func:`plan_channel_prune`)
 ---------------------------------
 Each prunable channel group (:mod:`.dependency`) gets one importance per channel:
 ``|gamma|`` of its BatchNorm (``keep_by="gamma"``, the paper's criterion), or
-``|gamma| / sqrt(running_var + eps)`` (``keep_by="scaled"``: the BN's true output scale).
+``|gamma| / sqrt(running_var + eps)`` (``keep_by="scaled"``: the BN's true output scale),
+or ``|gamma| / macs ** FLOPS_POWER`` (``keep_by="flops"``: a channel's multiply-adds, its
+share of the convs writing and reading it, :func:`channel_macs`). The global |gamma|
+ranking spares the early, high-resolution layers (their gammas are large), where most of
+the multiply-adds are: half the channels cut took only a third of the GFLOPs (BENCHMARKS.md
+"The default pipeline"); ``flops`` weighs a channel's cost in.
 A group of convs tied by residual adds (a CSP trunk) takes, per channel, the MAX over its
 members: a trunk channel is cut only when every conv writing it has a small gamma, so no
 member loses a channel it still relies on (the sum would let one strong member hide three
@@ -79,6 +84,7 @@ __all__ = [
     "SearchResult",
     "apply_channel_prune",
     "channel_importance",
+    "channel_macs",
     "fold_border_bound",
     "folded_model",
     "masked_model",
@@ -88,7 +94,11 @@ __all__ = [
     "prune_by_percent",
 ]
 
-KEEP_BY = ("gamma", "scaled")
+KEEP_BY = ("gamma", "scaled", "flops")
+# keep_by="flops": |gamma| / (a channel's conv cost) ** FLOPS_POWER. 1 would rank by gamma
+# per FLOP (an early 96x96 channel costs 256x a 6x6 one, which would strip the stem
+# first); 0.5 is the geometric middle between that and plain |gamma|.
+FLOPS_POWER = 0.5
 
 
 class FoldError(RuntimeError):
@@ -207,6 +217,7 @@ def channel_importance(
     if keep_by not in KEEP_BY:
         raise ValueError(f"keep_by must be one of {KEEP_BY}, got {keep_by!r}")
     modules = dict(model.named_modules())
+    cost = channel_macs(model, graph) if keep_by == "flops" else {}
     out: dict[str, Tensor] = {}
     for g in graph.prunable:
         per_member = []
@@ -217,7 +228,47 @@ def channel_importance(
                 v = v / torch.sqrt(bn.running_var.detach().double().cpu() + bn.eps)
             per_member.append(v)
         out[g.name] = torch.stack(per_member).amax(0)
+        if keep_by == "flops":
+            out[g.name] = out[g.name] / max(cost[g.name], 1.0) ** FLOPS_POWER
     return out
+
+
+def channel_macs(model: nn.Module, graph: DependencyGraph) -> dict[str, float]:
+    """Per prunable group, the multiply-adds one of its channels costs per image at the
+    model's input size: its share of every member conv (writing it) and of every consumer
+    conv (reading it), from the output sizes of one forward pass."""
+    spec = model.spec
+    modules = dict(model.named_modules())
+    area: dict[str, int] = {}
+    hooks = [
+        modules[info.conv].register_forward_hook(
+            lambda _m, _i, out, name=name: area.__setitem__(name, out.shape[-2] * out.shape[-1])
+        )
+        for name, info in graph.convs.items()
+    ]
+    try:
+        param = next(model.parameters())
+        x = torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size,
+                        dtype=param.dtype, device=param.device)  # fmt: skip
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    costs: dict[str, float] = {}
+    for g in graph.prunable:
+        macs = 0.0
+        for m in g.members:  # writing one output channel: k*k*in per output pixel
+            info = graph.convs[m]
+            macs += info.kernel[0] * info.kernel[1] * info.in_channels * area[m]
+        for c in g.consumers:  # reading one input channel: k*k*out per output pixel
+            info = graph.convs[c.conv]
+            macs += info.kernel[0] * info.kernel[1] * info.out_channels * area[c.conv]
+        costs[g.name] = macs
+    return costs
 
 
 def plan_channel_prune(

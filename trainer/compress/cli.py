@@ -16,6 +16,9 @@ import click
 
 from trainer.cli import _CTX, _load_checkpoint, _read_data, _run_dir, run_training, train_options
 
+# channel_prune.KEEP_BY, named here without importing torch (a test keeps the two equal)
+KEEP_BY_CHOICES = ("gamma", "scaled", "flops")
+
 
 class _SFactor(click.ParamType):
     """A non-negative float, or ``auto``."""
@@ -80,6 +83,14 @@ S_FACTOR = _SFactor()
     help="Share of each layer's channels always kept.",
 )
 @click.option(
+    "--keep-by",
+    type=click.Choice(KEEP_BY_CHOICES),
+    default="gamma",
+    show_default=True,
+    help="Channel ranking: |gamma|, |gamma|/BN std (scaled), or |gamma| weighed by the "
+    "channel's multiply-adds (flops: cuts the costly high-resolution layers more).",
+)
+@click.option(
     "--data", default=None, help="Data set to measure mAP50 on [default: the checkpoint's]."
 )
 @click.option("--split", default="val", show_default=True)
@@ -93,6 +104,7 @@ def prune(
     max_map_drop,
     round_to,
     min_keep_frac,
+    keep_by,
     data,
     split,
     project,
@@ -114,7 +126,8 @@ def prune(
     run_dir = _run_dir(project, name, exist_ok)
     prune_run(
         model_path, run_dir, percent=percent, layers=layers, max_map_drop=max_map_drop,
-        round_to=round_to, min_keep_frac=min_keep_frac, data=ds, split=split, log=click.echo,
+        round_to=round_to, min_keep_frac=min_keep_frac, keep_by=keep_by, data=ds, split=split,
+        log=click.echo,
     )  # fmt: skip
     click.echo(f"wrote {run_dir / 'weights' / 'pruned.pt'}")
 
@@ -299,6 +312,10 @@ def _compress_errors() -> tuple[type[Exception], ...]:
 )  # fmt: skip
 @click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--min-keep-frac", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option(
+    "--keep-by", type=click.Choice(KEEP_BY_CHOICES), default="gamma", show_default=True,
+    help="Channel ranking of the prune stage (as slimspect prune --keep-by).",
+)  # fmt: skip
 @click.option("--distill-epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option(
     "--teacher",

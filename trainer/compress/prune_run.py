@@ -26,6 +26,7 @@ def prune_run(
     max_map_drop: float | None,
     round_to: int,
     min_keep_frac: float,
+    keep_by: str = "gamma",
     data=None,
     split: str = "val",
     log: Callable[[str], None] = print,
@@ -57,13 +58,14 @@ def prune_run(
     if max_map_drop is not None:
         budget = max_map_drop - ((map_before - map50(start)) if blocks else 0.0)
         search = max_percent_within(
-            start, map50, max(budget, 0.0), round_to=round_to, min_keep_frac=min_keep_frac
-        )
+            start, map50, max(budget, 0.0), round_to=round_to, min_keep_frac=min_keep_frac,
+            keep_by=keep_by,
+        )  # fmt: skip
         percent = search.percent
         log(f"search: largest percent within the mAP50 budget = {percent:.1f}")
     result = prune(
         model, percent=percent, layers=blocks or None, round_to=round_to,
-        min_keep_frac=min_keep_frac,
+        min_keep_frac=min_keep_frac, keep_by=keep_by,
     )  # fmt: skip
     map_after = map50(result.model)
 
@@ -74,6 +76,7 @@ def prune_run(
         "percent": percent,
         "layers": list(result.blocks),
         "round_to": round_to,
+        "keep_by": keep_by,
         "params_before": result.params_before,
         "params_after": result.params_after,
         "map50_before": map_before,

@@ -135,6 +135,9 @@ class PruneSection(_Section):
     layers: int = Field(default=2, ge=0)
     round_to: int = Field(default=8, ge=1)
     min_keep_frac: float = Field(default=0.1, gt=0.0, le=1.0)
+    keep_by: Literal["gamma", "scaled", "flops"] = Field(
+        default="gamma", description="channel ranking (slimspect prune --keep-by)"
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> PruneSection:

@@ -129,6 +129,7 @@ def stage_settings(config: PipelineConfig) -> dict[str, dict[str, Any]]:
                 "layers": config.prune.layers,
                 "round_to": config.prune.round_to,
                 "min_keep_frac": config.prune.min_keep_frac,
+                "keep_by": config.prune.keep_by,
             },
         },
         "sparse": {"train": train, **config.sparse.model_dump(mode="json")},
@@ -357,7 +358,7 @@ def run_prune(run: PipelineRun, stage_dir: Path, attempt: str):
     return prune_stage(
         run.ctx, stage_dir, run.path("sparse", "checkpoint"), run.data, run.eval_split,
         percent=percent, max_map_drop=max_map_drop, layers=p.layers,
-        round_to=p.round_to, min_keep_frac=p.min_keep_frac,
+        round_to=p.round_to, min_keep_frac=p.min_keep_frac, keep_by=p.keep_by,
     )  # fmt: skip
 
 

@@ -253,7 +253,8 @@ def trial(params: dict[str, Any], static: Mapping[str, Any]) -> None:
     summary = prune_run(
         sparse.last, run_dir / "prune", percent=percent, layers=prune_args["layers"],
         max_map_drop=None, round_to=prune_args["round_to"],
-        min_keep_frac=prune_args["min_keep_frac"], data=data, split=split, log=lambda _: None,
+        min_keep_frac=prune_args["min_keep_frac"], keep_by=prune_args.get("keep_by", "gamma"),
+        data=data, split=split, log=lambda _: None,
     )  # fmt: skip
     pruned = run_dir / "prune" / "weights" / "pruned.pt"
     mib = fp32_mib(load_checkpoint(pruned)[0])
@@ -363,7 +364,12 @@ def run_sweep(run, stage_dir: Path, attempt: str):
         "proximal": sp.proximal,
         "bn_lr_scale": sp.bn_lr_scale,
         "torch_threads": r.torch_threads,
-        "prune": {"layers": p.layers, "round_to": p.round_to, "min_keep_frac": p.min_keep_frac},
+        "prune": {
+            "layers": p.layers,
+            "round_to": p.round_to,
+            "min_keep_frac": p.min_keep_frac,
+            "keep_by": p.keep_by,
+        },
     }
     filesystem, storage_path = run.runs.ray_storage(stage_dir.name)
     scheduler = ASHAScheduler(

@@ -245,3 +245,32 @@ def test_plots_write_pngs(model, plan, pruned, tmp_path):
     b = plot_gamma_histogram(model, tmp_path / "g.png", threshold=plan.threshold)
     for p in (a, b):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_channel_macs_is_what_removing_one_channel_saves(model, graph):
+    """A group's cost is exactly the multiply-adds the pruned model loses per channel."""
+    import dataclasses
+
+    from trainer.compress.channel_prune import channel_macs
+    from trainer.model.profile import conv_macs
+
+    costs = channel_macs(model, graph)
+    full = plan_channel_prune(model, graph, 0, round_to=1)
+    before = conv_macs(model, 64, 1)
+    for g in [graph.prunable[0], graph.prunable[len(graph.prunable) // 2], graph.prunable[-1]]:
+        plan = dataclasses.replace(full, keep={**full.keep, g.name: full.keep[g.name][1:]})
+        after = conv_macs(apply_channel_prune(model, plan)[1], 64, 1)
+        assert before - after == pytest.approx(costs[g.name]), g.name
+    # early, high-resolution channels cost more than deep ones
+    assert costs[graph.prunable[0].name] > costs[graph.prunable[-1].name]
+
+
+def test_flops_criterion_removes_more_multiply_adds_at_the_same_share(model, graph):
+    from trainer.model.profile import conv_macs
+
+    macs = {}
+    for keep_by in ("gamma", "flops"):
+        plan = plan_channel_prune(model, graph, 50, round_to=1, keep_by=keep_by)
+        macs[keep_by] = conv_macs(apply_channel_prune(model, plan)[1], 64, 1)
+        assert plan.keep_by == keep_by
+    assert macs["flops"] < macs["gamma"]

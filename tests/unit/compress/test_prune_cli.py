@@ -96,3 +96,23 @@ def test_prune_needs_something_to_do(tmp_path, sparse_checkpoint):
     assert result.exit_code == 1 and "nothing to prune" in result.output
     missing = CliRunner().invoke(prune, ["--model", str(tmp_path / "no.pt"), "--percent", "10"])
     assert missing.exit_code == 1 and "checkpoint not found" in missing.output
+
+
+def test_keep_by_flops_cuts_more_multiply_adds(tmp_path, sparse_checkpoint):
+    from trainer.compress.channel_prune import KEEP_BY
+    from trainer.compress.cli import KEEP_BY_CHOICES
+    from trainer.model.profile import gflops
+
+    assert KEEP_BY_CHOICES == KEEP_BY
+    path, _ = sparse_checkpoint
+    cost = {}
+    for keep_by in ("gamma", "flops"):
+        result = CliRunner().invoke(prune, [
+            "--model", str(path), "--percent", "40", "--keep-by", keep_by,
+            "--project", str(tmp_path / "runs"), "--name", keep_by,
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        run = tmp_path / "runs" / keep_by
+        assert json.loads((run / "prune.json").read_text())["keep_by"] == keep_by
+        cost[keep_by] = gflops(load_checkpoint(run / "weights" / "pruned.pt")[0])
+    assert cost["flops"] < cost["gamma"]
