@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 from _machine import describe, loadavg, run_facts
 
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline-default.json"
-ROW_KEYS = ("stage", "params", "size_mb", "gflops", "latency_ms_1t", "latency_ms_2t",
-            "map50", "map50_95")  # fmt: skip
 
 
 def main() -> None:
@@ -39,6 +37,7 @@ def main() -> None:
 
     from slimspect.embedded.s3 import SeaweedS3
     from slimspect.signing import generate_keypair
+    from trainer.compress.table import ROW_KEYS
     from trainer.pipeline.config import PipelineConfig
     from trainer.pipeline.runner import run_pipeline
 

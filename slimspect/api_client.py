@@ -65,16 +65,14 @@ class Api:
             raise ApiRequestError(f"{method} {path}: HTTP {exc.code}: {detail}", exc.code) from None
 
     def get(self, path: str, **params: Any) -> Any:
-        delay = 0.5
-        for attempt in range(self.get_retries + 1):
+        for attempt in range(self.get_retries):
             try:
                 return self.request("GET", path, **params)
             except ApiRequestError as exc:
-                if exc.status != 503 or attempt == self.get_retries:
+                if exc.status != 503:
                     raise
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            time.sleep(0.5 * 2**attempt)
+        return self.request("GET", path, **params)  # the last try: its error is raised
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)

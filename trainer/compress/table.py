@@ -158,7 +158,8 @@ def stage_rows(
             timing.setdefault((hw, channels), {})[stage] = onnx_path
             if on_row is not None:
                 on_row(row)
-        for t in sorted({int(t) for t in threads}):
+        counts = sorted({int(t) for t in threads})
+        for t in counts:
             for (hw, channels), models in timing.items():
                 measured = interleaved_latency(
                     models, t, hw, channels, warmup=warmup, repeats=repeats
@@ -166,12 +167,9 @@ def stage_rows(
                 for row in rows:
                     if row["stage"] in measured:
                         row[f"latency_ms_{t}t"] = float(measured[row["stage"]]["median_ms"])
-                        row[f"fps_{t}t"] = float(measured[row["stage"]]["fps"])
-    top = max(int(t) for t in threads)
-    for row in rows:  # the fps of the largest thread count only, after the latencies
-        for t in threads:
-            if int(t) != top:
-                row.pop(f"fps_{int(t)}t", None)
+                        if t == counts[-1]:  # the fps of the largest thread count only
+                            row[f"fps_{t}t"] = float(measured[row["stage"]]["fps"])
+    for row in rows:  # the mAPs last, in ROW_KEYS' order
         row["map50"], row["map50_95"] = row.pop("map50"), row.pop("map50_95")
     return rows
 
